@@ -1,0 +1,28 @@
+"""Packaging for efficientnet_tf (library, trainer and exporters)."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+
+def requirements():
+    lines = (HERE / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="efficientnet_tf",
+    version="0.1.0",
+    description="EfficientNet V1, Lite and V2 for TensorFlow / Keras 3, with TF-Hub exporters and a TPU-ready trainer",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["efficientnet_tf", "efficientnet_tf.*", "export", "export.*",
+                                    "train", "train.*"]),
+    package_data={"efficientnet_tf": ["data/*.txt", "data/*.json"]},
+    python_requires=">=3.10",
+    install_requires=requirements(),
+    extras_require={"torch": ["torch>=2.1", "safetensors>=0.4"]},
+    entry_points={"console_scripts": ["efficientnet-tf=efficientnet_tf.__main__:main"]},
+)
