@@ -1,0 +1,1 @@
+"""Trainer for efficientnet_tf: data side (preprocessing, augmentation, datasets, input)."""

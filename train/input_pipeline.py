@@ -1,0 +1,314 @@
+"""tf.data input pipeline: a TFDS image-classification dataset (by name or builder) or a folder
+of images -> batches of (float32 RGB images in [0, 1], labels) for training or evaluation.
+
+Order: read (encoded bytes; TFDS SkipDecoding so crops happen on the JPEG) -> shard by
+input_context -> cache? -> shuffle + repeat (train) -> per-example stateless seed -> decode
+the crop inside a per-example try -> corrupt check (error naming the example) or skip+count ->
+resize, flip, AutoAugment/RandAugment, one-hot -> batch -> mixup/cutmix (train) -> prefetch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from train import augment
+from train import digits_dataset  # noqa: F401  (import registers the sklearn_digits builder)
+from train import preprocessing
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DEFAULT_SHUFFLE_BUFFER = 16 * 1024
+
+
+class ManualDownloadError(FileNotFoundError):
+    """A TFDS dataset needs files the user downloads by hand (e.g. imagenet2012)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetFacts:
+    """What the trainer needs to know about a split before reading it."""
+    num_examples: int
+    num_classes: int
+    class_names: tuple[str, ...] = dataclasses.field(repr=False)
+
+
+class CorruptCounter:
+    """Counts examples skipped as corrupt by a pipeline built with skip_corrupt=True.
+
+    Create it outside any distribution-strategy scope (it is a plain CPU variable).
+    """
+
+    def __init__(self):
+        with tf.device("/CPU:0"):
+            self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="corrupt_count")
+
+    @property
+    def count(self) -> int:
+        return int(self.variable.numpy())
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+def is_image_folder(name_or_builder) -> bool:
+    return isinstance(name_or_builder, (str, os.PathLike)) and tf.io.gfile.isdir(
+        os.fspath(name_or_builder))
+
+
+def prepared_builder(name_or_builder, data_dir=None, download=True):
+    """tfds builder, prepared when `download`; a missing manual download raises
+    ManualDownloadError with TFDS's instructions and the folder to put the files in."""
+    if isinstance(name_or_builder, tfds.core.DatasetBuilder):
+        builder = name_or_builder
+    else:
+        builder = tfds.builder(name_or_builder, data_dir=data_dir)
+    if download:
+        try:
+            builder.download_and_prepare()
+        except AssertionError as e:
+            instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+            if not instructions:
+                raise
+            manual_dir = os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
+            raise ManualDownloadError(
+                f"TFDS dataset {builder.name!r} must be downloaded by hand before it can be "
+                f"prepared: put the files into {manual_dir}/ (i.e. <data_dir>/downloads/manual/) "
+                f"and run again. TFDS instructions:\n{instructions.strip()}\n(TFDS said: {e})"
+            ) from e
+    return builder
+
+
+def _supervised_keys(builder):
+    keys = builder.info.supervised_keys or ("image", "label")
+    image_key, label_key = keys[0], keys[1]
+    features = builder.info.features
+    if image_key not in features or not isinstance(features[image_key], tfds.features.Image):
+        raise ValueError(f"Dataset {builder.name!r} has no encoded image feature {image_key!r}; "
+                         f"features: {list(features.keys())}.")
+    if not isinstance(features[label_key], tfds.features.ClassLabel):
+        raise ValueError(f"Dataset {builder.name!r} label {label_key!r} is not a ClassLabel.")
+    return image_key, label_key
+
+
+def list_image_folder(root):
+    """(paths, labels, class_names) of root/<class>/<image>.{jpg,jpeg,png}; classes sorted."""
+    root = os.fspath(root)
+    class_names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(root)
+                         if tf.io.gfile.isdir(os.path.join(root, name)))
+    if not class_names:
+        raise ValueError(f"Image folder {root!r} has no class sub-folders (expected "
+                         "root/<class_name>/<image>.jpg).")
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        folder = os.path.join(root, name)
+        files = sorted(f for f in tf.io.gfile.listdir(folder)
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        paths += [os.path.join(folder, f) for f in files]
+        labels += [label] * len(files)
+    if not paths:
+        raise ValueError(f"Image folder {root!r} has class folders {class_names} but no images "
+                         f"with extensions {list(IMAGE_EXTENSIONS)}.")
+    return paths, labels, tuple(class_names)
+
+
+def _folder_root(root, split):
+    root = os.fspath(root)
+    if not split:
+        return root
+    path = os.path.join(root, split)
+    if not tf.io.gfile.isdir(path):
+        raise ValueError(f"Split {split!r} is not a sub-folder of image folder {root!r}; "
+                         f"found: {sorted(tf.io.gfile.listdir(root))} (use split=None to read "
+                         "the folder itself).")
+    return path
+
+
+def dataset_facts(name_or_builder, split, data_dir=None, download=True) -> DatasetFacts:
+    """Number of examples and classes of a split, from TFDS info or the folder listing."""
+    if is_image_folder(name_or_builder):
+        paths, _, class_names = list_image_folder(_folder_root(name_or_builder, split))
+        return DatasetFacts(len(paths), len(class_names), class_names)
+    builder = prepared_builder(name_or_builder, data_dir, download)
+    _, label_key = _supervised_keys(builder)
+    label = builder.info.features[label_key]
+    return DatasetFacts(builder.info.splits[split].num_examples, label.num_classes,
+                        tuple(label.names))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
+    """Batches in one pass over num_examples (floor when dropping the remainder, else ceil)."""
+    if drop_remainder:
+        return num_examples // batch_size
+    return math.ceil(num_examples / batch_size)
+
+
+def _tfds_source(builder, split, is_training, seed, input_context, options):
+    image_key, label_key = _supervised_keys(builder)
+    read_config = tfds.ReadConfig(options=options, try_autocache=False, add_tfds_id=True,
+                                  shuffle_seed=seed)
+    shard_examples = False
+    if input_context and input_context.num_input_pipelines > 1:
+        # TFDS shards by file; a split with fewer files than pipelines is sharded by example.
+        if builder.info.splits[split].num_shards >= input_context.num_input_pipelines:
+            read_config.input_context = input_context
+        else:
+            shard_examples = True
+    ds = builder.as_dataset(split=split, shuffle_files=is_training, read_config=read_config,
+                            decoders={image_key: tfds.decode.SkipDecoding()})
+    if shard_examples:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return ds.map(lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int32),
+                              "id": ex["tfds_id"]})
+
+
+def _folder_source(root, split, is_training, seed, input_context):
+    paths, labels, _ = list_image_folder(_folder_root(root, split))
+    ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int32)))
+    if input_context and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if is_training:  # Shuffle the (cheap) file list fully; examples are shuffled again later.
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return ds.map(lambda path, label: {"image": tf.io.read_file(path), "label": label,
+                                       "id": path},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _seeds(seed):
+    """Infinite dataset of stateless seeds [2] (deterministic for a given seed)."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def build_dataset(name_or_builder, split, data_dir=None, *, is_training: bool,
+                  image_size: int, batch_size: int, resize_method: str = "bicubic",
+                  crop_rule: preprocessing.CropRule | str = "v1",
+                  augment_name: str | None = None, randaug_num_layers: int = 2,
+                  randaug_magnitude: float = 10, mixup_alpha: float = 0.0,
+                  cutmix_alpha: float = 0.0, num_classes: int | None = None,
+                  cache: bool = False, deterministic: bool = False, seed: int | None = None,
+                  skip_corrupt: bool = False, corrupt_counter: CorruptCounter | None = None,
+                  check_corrupt: bool = True,
+                  input_context: tf.distribute.InputContext | None = None,
+                  shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
+                  repeat: bool | None = None, drop_remainder: bool | None = None,
+                  download: bool = True) -> tf.data.Dataset:
+    """Batches of (images [B, S, S, 3] float32 in [0, 1], labels).
+
+    name_or_builder: a TFDS name ('imagenet2012', 'sklearn_digits', ...), a tfds builder, or a
+      folder root/<class>/<image> (split: a sub-folder of it, or None for the folder itself).
+    batch_size: global batch; with input_context each pipeline batches its per-replica share.
+    num_classes: labels are one-hot float32 [B, num_classes] when given, else int32 [B];
+      mixup/cutmix need it.
+    deterministic: fixed element order and seed (seed defaults to 0) for tests/debugging.
+    skip_corrupt: drop undecodable examples, counting them in `corrupt_counter` (and logging
+      each id); otherwise such an example raises InvalidArgumentError naming it.
+    check_corrupt: decode inside a per-example try (needed to name or skip corrupt examples).
+      False (ignored with skip_corrupt) saves 0.3-0.8 ms CPU per image (measured on 300x451
+      JPEGs at 224, 25-80% of the plain pipeline's cost), but a corrupt image then fails with
+      TF's own decode error, which names no example.
+    repeat / drop_remainder: default to is_training.
+    """
+    if augment_name is not None and augment_name not in augment.AUGMENT_NAMES:
+        raise ValueError(f"Unknown augment_name {augment_name!r}; valid: None or "
+                         f"{list(augment.AUGMENT_NAMES)}.")
+    if (mixup_alpha or cutmix_alpha) and not num_classes:
+        raise ValueError("mixup_alpha/cutmix_alpha need num_classes (labels are mixed one-hot).")
+    crop_rule = preprocessing.get_crop_rule(crop_rule)
+    preprocessing.check_resize_method(resize_method)
+    repeat = is_training if repeat is None else repeat
+    drop_remainder = is_training if drop_remainder is None else drop_remainder
+    if deterministic and seed is None:
+        seed = 0
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+        if seed is not None:  # Different augmentations on each pipeline.
+            seed = seed * 1000003 + input_context.input_pipeline_id
+
+    # Source of {'image': encoded bytes, 'label': int32, 'id': string}.
+    if is_image_folder(name_or_builder):
+        ds = _folder_source(name_or_builder, split, is_training, seed, input_context)
+    else:
+        builder = prepared_builder(name_or_builder, data_dir, download)
+        ds = _tfds_source(builder, split, is_training, seed, input_context, options)
+    if cache:
+        ds = ds.cache()
+    if is_training:
+        ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    # Decode each example inside a per-example try (preprocessing.try_or_flag), so that a
+    # corrupt image can be named or skipped; the rest of preprocessing runs in a plain map.
+    def decode(image_bytes, example_seed):
+        crop_seed, _ = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
+        if is_training:
+            return preprocessing.decode_for_train(image_bytes, image_size, crop_seed, crop_rule)
+        return preprocessing.decode_for_eval(image_bytes, image_size, crop_rule)
+
+    guarded = preprocessing.try_or_flag(decode, tf.zeros([0, 0, 3], tf.uint8))
+
+    def decode_example(example, example_seed):
+        return guarded(example["image"], example_seed).map(
+            lambda image, ok: dict(example, image=image, ok=ok, bytes=example["image"],
+                                   seed=example_seed))
+
+    ds = tf.data.Dataset.zip((ds, _seeds(seed)))
+    if not (check_corrupt or skip_corrupt):
+        ds = ds.map(lambda example, example_seed: dict(
+            example, image=decode(example["image"], example_seed), seed=example_seed),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    else:
+        ds = ds.interleave(decode_example, cycle_length=tf.data.AUTOTUNE, block_length=1,
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if skip_corrupt:
+        counter = corrupt_counter or CorruptCounter()
+
+        def count(example):
+            def report():
+                tf.print("Skipping corrupt example", example["id"],
+                         output_stream=tf.compat.v1.logging.warning)
+                return counter.variable.assign_add(1)
+            update = tf.cond(example["ok"], counter.variable.read_value, report)
+            with tf.control_dependencies([update]):
+                return dict(example, ok=tf.identity(example["ok"]))
+
+        ds = ds.map(count).filter(lambda example: example["ok"])
+    elif check_corrupt:
+        def check(example):
+            with tf.control_dependencies([preprocessing.assert_decoded(
+                    example["ok"], example["id"], example["bytes"])]):
+                return dict(example, image=tf.identity(example["image"]))
+        ds = ds.map(check)
+
+    def finish(example):
+        # Same seed split as preprocessing.preprocess_for_train.
+        _, finish_seed = tf.unstack(tf.random.experimental.stateless_split(example["seed"], 2))
+        if is_training:
+            image = preprocessing.finish_for_train(
+                example["image"], image_size, finish_seed, resize_method, crop_rule,
+                augment_name, randaug_num_layers, randaug_magnitude)
+        else:
+            image = preprocessing.finish_for_eval(example["image"], image_size, resize_method,
+                                                  crop_rule)
+        label = example["label"]
+        if num_classes:
+            label = tf.one_hot(label, num_classes, dtype=tf.float32)
+        return image, label
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if is_training and (mixup_alpha or cutmix_alpha):
+        ds = tf.data.Dataset.zip((ds, _seeds(None if seed is None else seed + 1))).map(
+            lambda batch, batch_seed: augment.mix_batch(batch[0], batch[1], mixup_alpha,
+                                                        cutmix_alpha, batch_seed),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(options)

@@ -1,0 +1,324 @@
+"""EfficientNet image preprocessing: small pure functions from encoded image bytes to float images.
+
+Follows the official pipelines (numbers cited where used):
+- V1 / Lite: tensorflow/tpu models/official/efficientnet/preprocessing.py, identical to
+  google/automl efficientnetv2/preprocess_legacy.py: random-area crop computed on the
+  encoded JPEG, horizontal flip, bicubic resize; eval center crop of res/(res+32)*min(h,w).
+- V2: google/automl efficientnetv2/preprocessing.py: bilinear resize, eval crop only when
+  res < 320.
+
+Every random function takes a stateless `seed` (int tensor of shape [2]), so a pipeline is
+reproducible for a given seed however it is parallelised. Outputs are float32 RGB in [0, 1]
+(the model normalizes inside).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from train import augment
+
+RESIZE_METHODS = ("bicubic", "bilinear", "area", "nearest", "lanczos3", "lanczos5",
+                  "gaussian", "mitchellcubic")
+
+# Train crop of tensorflow/tpu preprocessing.py `_decode_and_random_crop`.
+TRAIN_AREA_RANGE = (0.08, 1.0)
+TRAIN_ASPECT_RATIO_RANGE = (3. / 4., 4. / 3.)
+TRAIN_MAX_ATTEMPTS = 10
+TRAIN_MIN_OBJECT_COVERED = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class CropRule:
+    """A family's crop and resize conventions (the quirks of its official code).
+
+    crop_padding: eval crop = res / (res + crop_padding) * min(h, w). 32 in tpu's original code
+      and in automl (tpu later switched to crop fraction 0.875, equal to 32 only at 224; the
+      released checkpoints were evaluated with 32).
+    crop_below: crop only when res < crop_below, else resize the whole image
+      (automl efficientnetv2/preprocessing.py: `'crop' if image_size < 320 else ''`).
+    round_offset_up: V1 offsets are ((h - crop) + 1) // 2; automl V2 uses (h - crop) // 2.
+    half_pixel_centers: False reproduces tf.compat.v1.image.resize, which the official V1 code
+      (`import tensorflow.compat.v1 as tf`) uses; automl V2 uses TF2's tf.image.resize.
+    """
+    crop_padding: int = 32
+    crop_below: int | None = None
+    round_offset_up: bool = True
+    half_pixel_centers: bool = False
+
+
+# 'v1': tensorflow/tpu preprocessing.py = automl preprocess_legacy.py, used by V1, Lite and
+# V2-B0..B3 (their "effnetv1_autoaug" recipe). 'v2': automl preprocessing.py (V2-S/M/L/XL).
+CROP_RULES = {
+    "v1": CropRule(),
+    "v2": CropRule(crop_below=320, round_offset_up=False, half_pixel_centers=True),
+}
+
+
+def crop_rule_for_model(name: str) -> CropRule:
+    """The CropRule of an efficientnet_tf variant from its model_info (crop_padding, crop_below)."""
+    import efficientnet_tf  # pylint: disable=g-import-not-at-top
+
+    info = efficientnet_tf.model_info(name)
+    base = CROP_RULES["v2"] if info["crop_below"] else CROP_RULES["v1"]
+    return dataclasses.replace(base, crop_padding=info["crop_padding"],
+                               crop_below=info["crop_below"])
+
+
+class CorruptImageError(tf.errors.InvalidArgumentError):
+    """An example's image bytes could not be decoded; the message names the example."""
+
+    def __init__(self, message):
+        super().__init__(None, None, message)
+
+
+def get_crop_rule(rule: CropRule | str) -> CropRule:
+    """Returns `rule` itself or a named rule ('v1', 'v2'; see CROP_RULES)."""
+    if isinstance(rule, CropRule):
+        return rule
+    if rule not in CROP_RULES:
+        raise ValueError(f"Unknown crop rule {rule!r}; valid: {sorted(CROP_RULES)} or a CropRule.")
+    return CROP_RULES[rule]
+
+
+def check_resize_method(method):
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"Unknown resize_method {method!r}; valid: {list(RESIZE_METHODS)}.")
+
+
+def image_format(image_bytes):
+    """Format by magic bytes: one of b'jpeg', b'png', b'gif', b'bmp', b'unknown' (string tensor)."""
+    head = tf.strings.substr(image_bytes, 0, 8)
+    formats = [
+        (tf.io.is_jpeg(image_bytes), "jpeg"),
+        (tf.equal(head, b"\x89PNG\r\n\x1a\n"), "png"),
+        (tf.equal(tf.strings.substr(head, 0, 4), b"GIF8"), "gif"),
+        (tf.equal(tf.strings.substr(head, 0, 2), b"BM"), "bmp"),
+    ]
+    result = tf.constant("unknown")
+    for is_format, name in reversed(formats):
+        result = tf.where(is_format, tf.constant(name), result)
+    return result
+
+
+def center_crop_window(height, width, image_size: int, rule: CropRule | str = "v1"):
+    """Eval crop window [offset_y, offset_x, size, size] (int32) of an image of height x width."""
+    rule = get_crop_rule(rule)
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    if rule.crop_below is not None and image_size >= rule.crop_below:
+        return tf.stack([0, 0, height, width])
+    # Same float32 arithmetic as the official code: python ratio times float32 min side.
+    ratio = image_size / (image_size + rule.crop_padding)
+    size = tf.cast(ratio * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    extra = 1 if rule.round_offset_up else 0
+    offset_y = (height - size + extra) // 2
+    offset_x = (width - size + extra) // 2
+    return tf.stack([offset_y, offset_x, size, size])
+
+
+def random_crop_window(height, width, seed, image_size: int, rule: CropRule | str = "v1",
+                       area_range=TRAIN_AREA_RANGE,
+                       aspect_ratio_range=TRAIN_ASPECT_RATIO_RANGE,
+                       max_attempts=TRAIN_MAX_ATTEMPTS,
+                       min_object_covered=TRAIN_MIN_OBJECT_COVERED):
+    """Inception-style random-area crop window [y, x, h, w] (int32).
+
+    When sampling fails, sample_distorted_bounding_box returns the whole image; like the
+    official code we then use the eval center crop instead. (The official "bad" test also
+    compares channel counts, so grayscale JPEGs never fall back there; we compare h and w only.)
+    """
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.stack([height, width, 3]),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=min_object_covered,
+        aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range,
+        max_attempts=max_attempts,
+        use_image_if_no_bounding_boxes=True)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    bad = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))
+    return tf.where(bad, center_crop_window(height, width, image_size, rule), window)
+
+
+def decode_and_crop(image_bytes, window_fn):
+    """Decodes the window `window_fn(height, width)` of an image as uint8 [h, w, 3].
+
+    JPEG: the window is computed from the header and only it is decoded
+    (decode_and_crop_jpeg). Other formats (PNG, GIF, BMP): full decode, then slice.
+    """
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(image_bytes)
+        window = window_fn(shape[0], shape[1])
+        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+    def other():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        shape = tf.shape(image)
+        window = window_fn(shape[0], shape[1])
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize(image, image_size: int, method: str = "bicubic", rule: CropRule | str = "v1"):
+    """Resizes to image_size x image_size, float32 (values may overshoot [0, 255] for bicubic)."""
+    check_resize_method(method)
+    rule = get_crop_rule(rule)
+    size = [image_size, image_size]
+    legacy_ops = {"bicubic": tf.raw_ops.ResizeBicubic, "bilinear": tf.raw_ops.ResizeBilinear}
+    if not rule.half_pixel_centers and method in legacy_ops:
+        image = legacy_ops[method](images=image[None], size=size, align_corners=False,
+                                   half_pixel_centers=False)[0]
+    else:
+        image = tf.image.resize(image, size, method=method)
+    image = tf.cast(image, tf.float32)
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def to_unit_range(image):
+    """[0, 255] float or uint8 -> float32 in [0, 1] (clipped: bicubic overshoots)."""
+    return tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0) / 255.0
+
+
+def decode_for_train(image_bytes, image_size: int, seed, rule: CropRule | str = "v1",
+                     area_range=TRAIN_AREA_RANGE, aspect_ratio_range=TRAIN_ASPECT_RATIO_RANGE,
+                     max_attempts=TRAIN_MAX_ATTEMPTS,
+                     min_object_covered=TRAIN_MIN_OBJECT_COVERED):
+    """The random-area crop of the image, decoded (uint8 [h, w, 3]); the only step that can
+    fail on corrupt bytes."""
+    return decode_and_crop(
+        image_bytes,
+        lambda h, w: random_crop_window(h, w, seed, image_size, rule, area_range,
+                                        aspect_ratio_range, max_attempts, min_object_covered))
+
+
+def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic",
+                     rule: CropRule | str = "v1", augment_name: str | None = None,
+                     randaug_num_layers: int = 2, randaug_magnitude: float = 10):
+    """Resize, random flip, optional AutoAugment/RandAugment -> [0, 1] float32.
+
+    The order (crop, resize, flip, augment on uint8) is the official one.
+    """
+    check_resize_method(resize_method)
+    flip_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    # The official fallback center crop always resizes bicubic; we use `resize_method`.
+    image = resize(image, image_size, resize_method, rule)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if augment_name:
+        image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
+        image = augment.distort_image(image, augment_name, aug_seed,
+                                      num_layers=randaug_num_layers, magnitude=randaug_magnitude)
+        image = tf.cast(image, tf.float32)
+    return to_unit_range(image)
+
+
+def preprocess_for_train(image_bytes, image_size: int, seed, resize_method: str = "bicubic",
+                         rule: CropRule | str = "v1", augment_name: str | None = None,
+                         randaug_num_layers: int = 2, randaug_magnitude: float = 10,
+                         **crop_kwargs):
+    """decode_for_train then finish_for_train (crop_kwargs: area_range, aspect_ratio_range,
+    max_attempts, min_object_covered)."""
+    check_resize_method(resize_method)
+    crop_seed, finish_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = decode_for_train(image_bytes, image_size, crop_seed, rule, **crop_kwargs)
+    return finish_for_train(image, image_size, finish_seed, resize_method, rule, augment_name,
+                            randaug_num_layers, randaug_magnitude)
+
+
+def decode_for_eval(image_bytes, image_size: int, rule: CropRule | str = "v1"):
+    """The eval center crop by `rule`, decoded (from the encoded JPEG directly), uint8."""
+    return decode_and_crop(image_bytes, lambda h, w: center_crop_window(h, w, image_size, rule))
+
+
+def finish_for_eval(image, image_size: int, resize_method: str = "bicubic",
+                    rule: CropRule | str = "v1"):
+    """Resize -> [0, 1] float32."""
+    return to_unit_range(resize(image, image_size, resize_method, rule))
+
+
+def preprocess_for_eval(image_bytes, image_size: int, resize_method: str = "bicubic",
+                        rule: CropRule | str = "v1"):
+    """Center crop by `rule`, resize -> [0, 1] float32."""
+    check_resize_method(resize_method)
+    return finish_for_eval(decode_for_eval(image_bytes, image_size, rule), image_size,
+                           resize_method, rule)
+
+
+def preprocess_image(image_bytes, is_training: bool, image_size: int, seed=None,
+                     example_id=None, **kwargs):
+    """Train or eval preprocessing of one encoded image.
+
+    seed: stateless seed [2] for training (drawn at random when None).
+    example_id: named in the error raised for undecodable bytes when running eagerly. Inside
+      tf.data use `try_or_flag` + `assert_decoded` (what input_pipeline does) for that.
+    kwargs: forwarded to preprocess_for_train / preprocess_for_eval.
+    """
+    def run():
+        if is_training:
+            train_seed = seed
+            if train_seed is None:
+                train_seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+            return preprocess_for_train(image_bytes, image_size, train_seed, **kwargs)
+        return preprocess_for_eval(image_bytes, image_size, **kwargs)
+
+    if not tf.executing_eagerly():
+        return run()
+    try:
+        return run()
+    except tf.errors.InvalidArgumentError as e:
+        name = "unnamed example" if example_id is None else f"example <{_as_str(example_id)}>"
+        raise CorruptImageError(
+            f"Could not decode the image of {name} ({_describe_bytes(image_bytes)}): "
+            f"{e.message}") from e
+
+
+def try_or_flag(fn, failed_value):
+    """Per-element try/except for tf.data.
+
+    Returns `g(*args)` giving a one-element Dataset: `(fn(*args), True)`, or
+    `(failed_value, False)` when fn raised. Use with Dataset.interleave / flat_map. Costs about
+    0.2 ms per element for a decode (a nested Dataset.reduce costs ~15 ms); keep `fn` small,
+    since the cost grows with the size of its graph (AutoAugment inside: ~5 ms).
+    """
+    def guarded(*args):
+        ok = tf.data.Dataset.from_tensors(args).map(lambda *a: (fn(*a), True)).ignore_errors()
+        failed = tf.data.Dataset.from_tensors((failed_value, False))
+        return ok.concatenate(failed).take(1)
+    return guarded
+
+
+def assert_decoded(ok, example_id, image_bytes):
+    """Op raising InvalidArgumentError naming the example when `ok` is False."""
+    example_id = tf.convert_to_tensor(example_id)
+    if example_id.dtype != tf.string:
+        example_id = tf.strings.as_string(example_id)
+    message = tf.strings.join([
+        # No quotes: graph-mode Assert messages C-escape them.
+        "Could not decode the image of example <", example_id, "> (",
+        tf.strings.as_string(tf.strings.length(image_bytes)), " bytes, format by magic bytes: ",
+        image_format(image_bytes), "). Pass skip_corrupt=True (--skip_corrupt) to skip and "
+        "count such examples."])
+    return tf.debugging.Assert(ok, [message])
+
+
+def _as_str(value):
+    if isinstance(value, tf.Tensor):
+        value = value.numpy()
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _describe_bytes(image_bytes):
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    return (f"{int(tf.strings.length(image_bytes))} bytes, format by magic bytes: "
+            f"{_as_str(image_format(image_bytes))}")
