@@ -1,4 +1,4 @@
-"""Command line: ``python -m efficientnet_tf {list,info} ...``."""
+"""Command line: ``python -m efficientnet_tf {list,info,predict} ...``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,24 @@ def _info(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    """Top-k for each image; a bad image is reported and the others still classified."""
+    from efficientnet_tf.predict import format_top_k, init_model, predict_top_k
+
+    model = init_model(args.model_name, weights=None if args.weights.lower() == "none" else args.weights)
+    failed = 0
+    for path in args.images:
+        try:
+            top = predict_top_k(model, [path], k=args.top_k)[0]
+        except (ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        print(path)
+        print(format_top_k(top))
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="python -m efficientnet_tf", description=__doc__)
@@ -41,12 +59,24 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="build a variant and show its facts and endpoints")
     info.add_argument("model_name")
     info.add_argument("--image_size", type=int, default=None)
+    predict = sub.add_parser("predict", help="classify images, print the top-k classes with scores")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF, BMP, ...)")
+    predict.add_argument("--model_name", default="efficientnet-lite0", help="variant (default efficientnet-lite0)")
+    predict.add_argument("--weights", default="imagenet",
+                         help="'imagenet' or a weights file / TF checkpoint (see efficientnet_tf.load_weights)")
+    predict.add_argument("--top_k", type=int, default=5)
     args = parser.parse_args(argv)
     if args.command == "list":
         import efficientnet_tf
 
         print("\n".join(efficientnet_tf.list_models()))
         return 0
+    if args.command == "predict":
+        try:
+            return _predict(args)
+        except (ValueError, OSError, ImportError) as err:  # model or weights unusable
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         return _info(args)
     except ValueError as err:
