@@ -1,0 +1,192 @@
+"""Format ``tflite``: ``DIR/model.tflite`` for phones (Lite variants are the main targets).
+
+One image per call: input [1, S, S, 3]; output the class probabilities (softmax) or, for a
+model without classifier, the pooled features.
+
+- float32: inputs float32 in [0, 1].
+- ``quantize="int8"``: full-integer quantization (every op int8, TFLITE_BUILTINS_INT8) with
+  uint8 input and output, calibrated on a representative dataset: real photographs (the ones
+  shipped in installed packages, or the user's ``calibration_images``) with random crops and
+  flips. The input's quantization is ~(1/255, 0), i.e. raw 0-255 pixels; read the exact scale
+  and zero point from the interpreter's input details.
+
+Interpreter: ``ai_edge_litert`` when installed, else ``tf.lite.Interpreter`` (still shipped in
+TF 2.21, deprecated in favour of LiteRT).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from efficientnet_tf.preprocessing import eval_config, preprocess_array, resize, to_rgb, to_unit_range
+from export import common
+
+FILENAME = "model.tflite"
+LABELS_FILENAME = "labels.txt"
+CALIBRATION_SAMPLES = 48
+FLOAT_TOLERANCE = common.Tolerance(rtol=1e-3, atol=1e-4)  # different kernels (XNNPACK), same math
+# int8 probabilities: quantization noise of ~0.5 step per layer over ~60 layers; measured max-abs
+# 0.06 with the ImageNet Lite0 weights on 3 photos at 224 px.
+INT8_TOLERANCE = common.Tolerance(rtol=0.0, atol=0.25)
+INT8_FEATURE_TOLERANCE = common.Tolerance(rtol=0.25, atol=0.0)
+
+
+def interpreter(model_content: bytes):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notice for tf.lite.Interpreter
+            Interpreter = tf.lite.Interpreter
+    result = Interpreter(model_content=model_content)
+    result.allocate_tensors()
+    return result
+
+
+def run(model_content_or_interpreter, images: np.ndarray) -> np.ndarray:
+    """Runs a converted model on float images in [0, 1] (quantizing them when needed), one at a
+    time; returns float outputs (dequantized)."""
+    interp = model_content_or_interpreter
+    if isinstance(interp, (bytes, bytearray)):
+        interp = interpreter(bytes(interp))
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    results = []
+    for image in images:
+        x = image[None].astype(np.float32)
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        y = interp.get_tensor(out["index"])[0]
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        results.append(y)
+    return np.stack(results)
+
+
+def calibration_batch(prepared: common.PreparedModel, images: Optional[Sequence] = None,
+                      count: int = CALIBRATION_SAMPLES, seed: int = 0) -> np.ndarray:
+    """``count`` float images [S, S, 3] in [0, 1] for int8 calibration.
+
+    ``images``: encoded image bytes, file paths or decoded arrays; default the photographs in
+    installed packages. Each appears once with evaluation preprocessing; the rest of the
+    ``count`` are random crops (35-100% of the shorter side) and mirror images of them.
+    """
+    config = eval_config(prepared.model_name, prepared.image_size)
+    decoded = []
+    for item in (images if images is not None else [data for _, data in common.sample_photos()]):
+        if isinstance(item, (str, os.PathLike)):
+            with open(item, "rb") as f:
+                item = f.read()
+        if isinstance(item, bytes):
+            decoded.append(tf.io.decode_image(item, channels=3, expand_animations=False).numpy())
+            continue
+        image = np.asarray(item)
+        if image.dtype.kind == "f":  # [0, 1] floats, as the models take them
+            image = np.round(np.clip(image, 0.0, 1.0) * 255.0)
+        decoded.append(to_rgb(image.astype(np.uint8)).numpy())
+    if not decoded:
+        raise ValueError("No calibration images: pass calibration_images (files or arrays)")
+    batch = [preprocess_array(image, config).numpy() for image in decoded[:count]]
+    rng = np.random.default_rng(seed)
+    while len(batch) < count:
+        image = decoded[len(batch) % len(decoded)]
+        height, width = image.shape[:2]
+        size = int(min(height, width) * rng.uniform(0.35, 1.0))
+        y = rng.integers(0, height - size + 1)
+        x = rng.integers(0, width - size + 1)
+        crop = image[y:y + size, x:x + size]
+        if rng.uniform() < 0.5:
+            crop = crop[:, ::-1]
+        batch.append(to_unit_range(resize(crop, config)).numpy())
+    return np.stack(batch).astype(np.float32)
+
+
+def convert(prepared: common.PreparedModel, quantize: Optional[str] = None,
+            calibration_images: Optional[Sequence] = None) -> bytes:
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    endpoints = prepared.endpoints
+    classifier = bool(prepared.num_classes)
+    size = prepared.image_size
+
+    def predict(images):
+        outputs = endpoints(images, training=False)
+        return tf.nn.softmax(outputs["logits"], axis=-1) if classifier else outputs["pooled_features"]
+
+    with common.step("tflite: tracing and freezing the network"):
+        with common.plain_swish():
+            traced = tf.function(predict, autograph=False).get_concrete_function(
+                tf.TensorSpec([1, size, size, 3], tf.float32, name="images"))
+        frozen = convert_variables_to_constants_v2(traced)
+    # An empty trackable selects the current converter path; the frozen graph holds the weights.
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.__internal__.tracking.AutoTrackable())
+    if quantize == "int8":
+        samples = calibration_batch(prepared, calibration_images)
+        logging.info("tflite: calibrating int8 on %d images", len(samples))
+
+        def representative():
+            for sample in samples:
+                yield [sample[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    elif quantize is not None:
+        raise ValueError(f"Unknown quantize={quantize!r}; valid: {list(common.QUANTIZE_MODES)} or None")
+    with common.step(f"tflite: converting ({quantize or 'float32'})"):
+        return converter.convert()
+
+
+def export(prepared: common.PreparedModel, staging_dir: str, quantize: Optional[str] = None,
+           calibration_images: Optional[Sequence] = None) -> List[str]:
+    content = convert(prepared, quantize, calibration_images)
+    path = os.path.join(staging_dir, FILENAME)
+    with open(path, "wb") as f:
+        f.write(content)
+    paths = [path]
+    if prepared.class_names:
+        labels_path = os.path.join(staging_dir, LABELS_FILENAME)
+        with open(labels_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(prepared.class_names) + "\n")
+        paths.append(labels_path)
+    return paths
+
+
+def verify(prepared: common.PreparedModel, staging_dir: str, batch: np.ndarray,
+           reference: Dict[str, np.ndarray], results: Dict[str, float], limits: Dict[str, float],
+           quantize: Optional[str] = None) -> List[str]:
+    with open(os.path.join(staging_dir, FILENAME), "rb") as f:
+        content = f.read()
+    with common.step("tflite: running the interpreter on the verification batch"):
+        interp = interpreter(content)
+        inp = interp.get_input_details()[0]
+        expected_dtype = np.uint8 if quantize else np.float32
+        if inp["dtype"] != expected_dtype or list(inp["shape"]) != [1, prepared.image_size, prepared.image_size, 3]:
+            raise common.VerificationError(f"Unexpected input {inp['dtype']} {inp['shape']}")
+        actual = run(interp, batch)
+    if prepared.num_classes:
+        key, expected = "probabilities", tf.nn.softmax(reference["logits"], axis=-1).numpy()
+        tolerance = INT8_TOLERANCE if quantize else FLOAT_TOLERANCE
+    else:
+        key, expected = "pooled_features", reference["pooled_features"]
+        tolerance = INT8_FEATURE_TOLERANCE if quantize else FLOAT_TOLERANCE
+    common.check_close(results, limits, f"tflite_{quantize or 'float32'}/{key}", expected, actual, tolerance)
+    notes = [f"tflite {os.path.getsize(os.path.join(staging_dir, FILENAME)) / 2**20:.1f} MiB, input {inp['dtype'].__name__} "
+             f"quantization {tuple(round(float(q), 6) for q in inp['quantization'])}"]
+    if prepared.num_classes:
+        agree = int((expected.argmax(-1) == actual.argmax(-1)).sum())
+        notes.append(f"tflite top-1 agrees with Keras on {agree} of {len(batch)} verification images")
+    return notes
