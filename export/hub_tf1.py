@@ -34,8 +34,16 @@ TAG_SETS = ((), ("train",))
 _NOT_UPDATES = ("ReadVariableOp", "NoOp")
 
 
+def _tensor_info(tensor):
+    """TensorInfo of a graph tensor (what the deprecated build_tensor_info returns)."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    return meta_graph_pb2.TensorInfo(name=tensor.name, dtype=tensor.dtype.as_datatype_enum,
+                                     tensor_shape=tensor.shape.as_proto())
+
+
 def _signature(images, outputs: Dict[str, tf.Tensor], default: str):
-    info = tf.compat.v1.saved_model.utils.build_tensor_info
+    info = _tensor_info
     return tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
         inputs={"images": info(images)},
         outputs={"default": info(outputs[default]), **{k: info(v) for k, v in outputs.items()}},
