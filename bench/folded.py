@@ -1,0 +1,265 @@
+"""A fast inference graph for a built model: BatchNormalization folded into the convolutions.
+
+Why (profiled on the 2-core AMD EPYC benchmark machine, B0 at 224; notes/bench_report.md):
+in the Keras graph every convolution is followed by BatchNormalization, which Keras 3 computes
+as a separate Mul and AddV2 over the whole activation (it has no fused-BN path), then the
+activation. With the swish and the squeeze-excite multiply, these memory-bound elementwise
+passes are ~40% of the op time. Folding BN into the conv kernel and bias leaves conv + BiasAdd
++ activation, which grappler's remapper fuses into one oneDNN kernel (_FusedConv2D with the
+swish; _FusedDepthwiseConv2dNative with the bias), and the input normalization becomes one add.
+Result: ~1.5x fewer CPU-seconds per image than the Keras graph, at batch 1 and 32.
+
+The folded module is a plain ``tf.Module`` (variables + one ``tf.function``), so it can be
+saved with ``tf.saved_model.save`` and converted to TF-Lite. Numerics: equal to the Keras
+model in inference mode up to float rounding (folding reassociates the BN multiply).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from efficientnet_tf.layers import Preprocessing
+
+_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+SUPPORTED_LAYERS = ("InputLayer", "Preprocessing", "Conv2D", "DepthwiseConv2D",
+                    "BatchNormalization", "Activation", "GlobalAveragePooling2D",
+                    "GlobalMaxPooling2D", "Reshape", "Multiply", "Add", "Dropout", "Dense")
+
+
+def _swish(x):
+    # Written out (not tf.nn.silu, whose custom gradient wraps it in an IdentityN) so that
+    # grappler sees Sigmoid + Mul and fuses it into the preceding conv as _MklSwish.
+    return x * tf.math.sigmoid(x)
+
+
+def _identity(x):
+    return x
+
+
+_ACTIVATIONS = {"swish": _swish, "silu": _swish, "relu": tf.nn.relu, "relu6": tf.nn.relu6,
+                "sigmoid": tf.math.sigmoid, "softmax": tf.nn.softmax, "linear": _identity}
+
+# Splitting large batches into cache-sized micro-batches did not lower the CPU time per image
+# on the benchmark machine (32 MB L3; bench.inference --sweep, "micro_batch_sweep"), so the
+# default is not to split; the option stays for CPUs with small caches.
+DEFAULT_MICRO_BATCH = None
+
+
+def _activation_fn(activation):
+    name = getattr(activation, "__name__", str(activation))
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"Activation {name!r} cannot be folded; supported: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def _inputs_of(layer):
+    inputs = layer.input
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+
+def _consumers(model):
+    consumers = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        for tensor in _inputs_of(layer):
+            producer = tensor._keras_history.operation  # pylint: disable=protected-access
+            consumers.setdefault(producer.name, []).append(layer)
+    return consumers
+
+
+class FoldedModel(tf.Module):
+    """Inference-only twin of an efficientnet_tf model (any family, any head).
+
+    ``micro_batch``: batches larger than this run as a tf.while_loop over slices of this size
+    (None: never split). ``serve`` is the ``tf.function`` to save or convert (signature:
+    float32 images, the model's input shape with a free batch dimension); calling the module
+    calls it.
+    """
+
+    def __init__(self, model: keras.Model, micro_batch: int | None = DEFAULT_MICRO_BATCH,
+                 name=None):
+        super().__init__(name=name or f"{model.name.replace('-', '_')}_folded")
+        if len(model.inputs) != 1:
+            raise ValueError(f"FoldedModel needs a single-input model, {model.name} has "
+                             f"{len(model.inputs)}")
+        if micro_batch is not None and (isinstance(micro_batch, bool) or micro_batch < 1):
+            raise ValueError(f"micro_batch must be a positive int or None, got {micro_batch!r}")
+        self.micro_batch = micro_batch
+        self._plan = _Plan(model)
+        # Folded weights as variables of this module (saved with it; the Keras model is not).
+        self.folded_variables = dict(self._plan.variables)
+        spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="images")
+        self.serve = tf.function(self._call, input_signature=[spec])
+
+    def __call__(self, images):
+        return self.serve(images)
+
+    def forward(self, images):
+        """The folded graph on one (micro-)batch, without splitting."""
+        return self._plan.run(tf.cast(images, tf.float32))
+
+    def _call(self, images):
+        if self.micro_batch is None:
+            return self.forward(images)
+        size = self.micro_batch
+        chunks = (tf.shape(images)[0] + size - 1) // size
+        specs = self._plan.output_specs
+        arrays = [tf.TensorArray(dtype, size=chunks, infer_shape=False,
+                                 element_shape=tf.TensorShape([None, *shape]))
+                  for shape, dtype in specs]
+
+        def body(i, arrays):
+            out = keras.tree.flatten(self.forward(images[i * size:(i + 1) * size]))
+            return i + 1, [a.write(i, o) for a, o in zip(arrays, out)]
+
+        # parallel_iterations=1: one micro-batch at a time, each using all intra-op threads.
+        _, arrays = tf.while_loop(lambda i, _: i < chunks, body, (0, arrays),
+                                  parallel_iterations=1)
+        return self._plan.pack([a.concat() for a in arrays])
+
+
+class _Plan:
+    """The model's layers in topological order as (input ids, output id, fn) steps, with each
+    conv + BatchNormalization (+ Activation) collapsed into one step."""
+
+    def __init__(self, model):
+        self.variables = {}
+        self._alias = {}  # keras tensor id -> id of the tensor that now carries its value
+        self._input_id = id(model.inputs[0])
+        self._outputs = keras.tree.map_structure(id, model.output)
+        self.output_specs = [(tuple(t.shape[1:]), t.dtype)
+                             for t in keras.tree.flatten(model.output)]
+        self._output_ids = set(keras.tree.flatten(self._outputs))
+        self._consumers = _consumers(model)
+        self._input_scale = {}  # conv name -> per-input-channel scale folded from Preprocessing
+        self._skip = set()
+        self.steps = []
+        for layer in model.layers:
+            kind = type(layer).__name__
+            if isinstance(layer, keras.layers.InputLayer) or layer.name in self._skip:
+                continue
+            if kind not in SUPPORTED_LAYERS:
+                raise ValueError(f"Layer {layer.name!r} of type {kind} is not supported by "
+                                 f"FoldedModel; supported types: {list(SUPPORTED_LAYERS)}")
+            in_ids = [self._alias.get(id(t), id(t)) for t in _inputs_of(layer)]
+            self.steps.append((layer.name, in_ids, id(layer.output), self._layer_fn(layer)))
+
+    def run(self, images):
+        values = {self._input_id: images}
+        for name, in_ids, out_id, fn in self.steps:
+            with tf.name_scope(name):  # op names follow the Keras layers (profiles, TF-Lite)
+                values[out_id] = fn(*[values[i] for i in in_ids])
+        return keras.tree.map_structure(lambda i: values[self._alias.get(i, i)], self._outputs)
+
+    def pack(self, flat):
+        return keras.tree.pack_sequence_as(self._outputs, flat)
+
+    def _single_consumer(self, layer):
+        found = self._consumers.get(layer.name, [])
+        if len(found) == 1 and id(layer.output) not in self._output_ids:
+            return found[0]
+        return None
+
+    def _variable(self, layer_name, what, value):
+        var = tf.Variable(np.asarray(value, np.float32), trainable=False,
+                          name=f"{layer_name}/{what}")
+        self.variables[f"{layer_name}/{what}"] = var
+        return var
+
+    def _layer_fn(self, layer):
+        if isinstance(layer, Preprocessing):
+            return self._preprocessing_fn(layer)
+        if isinstance(layer, _CONVS):
+            return self._conv_fn(layer)
+        if isinstance(layer, keras.layers.BatchNormalization):  # not after a bias-free conv
+            scale, shift = _bn_affine(layer)
+            scale = self._variable(layer.name, "scale", scale)
+            shift = self._variable(layer.name, "shift", shift)
+            return lambda x: x * scale + shift
+        if isinstance(layer, keras.layers.Activation):
+            return _activation_fn(layer.activation)
+        if isinstance(layer, keras.layers.GlobalAveragePooling2D):
+            return lambda x, keep=layer.keepdims: tf.reduce_mean(x, [1, 2], keepdims=keep)
+        if isinstance(layer, keras.layers.GlobalMaxPooling2D):
+            return lambda x, keep=layer.keepdims: tf.reduce_max(x, [1, 2], keepdims=keep)
+        if isinstance(layer, keras.layers.Reshape):
+            return lambda x, shape=tuple(layer.target_shape): tf.reshape(x, (-1, *shape))
+        if isinstance(layer, keras.layers.Multiply):
+            return lambda *xs: _reduce(tf.math.multiply, xs)
+        if isinstance(layer, keras.layers.Add):
+            return lambda *xs: _reduce(tf.math.add, xs)
+        if isinstance(layer, keras.layers.Dropout):
+            return lambda x: x
+        if isinstance(layer, keras.layers.Dense):
+            kernel = self._variable(layer.name, "kernel", layer.kernel.numpy())
+            bias = (self._variable(layer.name, "bias", layer.bias.numpy()) if layer.use_bias
+                    else tf.zeros([kernel.shape[-1]]))
+            act = _activation_fn(layer.activation)
+            return lambda x: act(tf.nn.bias_add(tf.matmul(x, kernel), bias))
+        raise AssertionError(f"unhandled layer {layer.name}")
+
+    def _preprocessing_fn(self, layer):
+        scale = np.array([255.0 / s for s in layer.std], np.float32)
+        offset = np.array([-m / s for m, s in zip(layer.mean, layer.std)], np.float32)
+        consumer = self._single_consumer(layer)
+        if type(consumer) is keras.layers.Conv2D and consumer.groups == 1:
+            # (x * scale + offset) conv W == (x + offset / scale) conv (W * scale per input
+            # channel); "same" zero padding stays zero padding since scale > 0. One add over
+            # the input instead of a multiply and an add.
+            self._input_scale[consumer.name] = scale
+            shift = tf.constant(offset / scale)
+            return lambda x: x + shift
+        scale, offset = tf.constant(scale), tf.constant(offset)
+        return lambda x: x * scale + offset
+
+    def _conv_fn(self, layer):
+        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+        kernel = layer.kernel.numpy()
+        out_channels = kernel.shape[2] * kernel.shape[3] if depthwise else kernel.shape[3]
+        bias = layer.bias.numpy() if layer.use_bias else np.zeros(out_channels, np.float32)
+        if layer.name in self._input_scale:
+            kernel = kernel * self._input_scale[layer.name][None, None, :, None]
+        activation = _activation_fn(layer.activation)
+        bn = self._single_consumer(layer)
+        if (not layer.use_bias and activation is _identity
+                and isinstance(bn, keras.layers.BatchNormalization)):
+            scale, shift = _bn_affine(bn)
+            # BN's per-output-channel scale goes into the kernel, its shift becomes the bias.
+            kernel = kernel * scale.reshape(kernel.shape[2:] if depthwise else (-1,))
+            bias = shift
+            self._skip.add(bn.name)
+            self._alias[id(bn.output)] = id(layer.output)
+            act_layer = self._single_consumer(bn)
+            if isinstance(act_layer, keras.layers.Activation):
+                activation = _activation_fn(act_layer.activation)
+                self._skip.add(act_layer.name)
+                self._alias[id(act_layer.output)] = id(layer.output)
+        kernel = self._variable(layer.name, "kernel", kernel)
+        bias = self._variable(layer.name, "bias", bias)
+        strides, padding = [1, *layer.strides, 1], layer.padding.upper()
+        dilations = list(layer.dilation_rate)
+        if depthwise:
+            return lambda x: activation(tf.nn.bias_add(tf.nn.depthwise_conv2d(
+                x, kernel, strides, padding, dilations=dilations), bias))
+        return lambda x: activation(tf.nn.bias_add(tf.nn.conv2d(
+            x, kernel, strides, padding, dilations=dilations), bias))
+
+
+def _reduce(op, xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = op(out, x)
+    return out
+
+
+def _bn_affine(bn):
+    """BatchNormalization in inference as y = x * scale + shift (numpy, float32)."""
+    gamma = bn.gamma.numpy() if bn.scale else 1.0
+    beta = bn.beta.numpy() if bn.center else 0.0
+    mean, var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    return (np.asarray(scale, np.float32) * np.ones_like(mean),
+            np.asarray(beta - mean * scale, np.float32) * np.ones_like(mean))
