@@ -3,7 +3,6 @@
 - SavedModel and TF-Lite written by the project's exporter (``export.export_model``, formats
   ``saved_model`` and ``tflite``), when the export package is importable; otherwise written
   here with ``tf.saved_model.save`` / ``tf.lite.TFLiteConverter`` on the Keras model.
-- The BN-folded SavedModel of :mod:`bench.folded` (the speed-up we propose for export/).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from bench.folded import FoldedModel
+from efficientnet_tf.fast import FoldedModel
 
 
 def have_export_package() -> bool:
@@ -49,20 +48,6 @@ def saved_model_runner(model, directory: str):
         facts["export_max_abs_diff"] = {k: float(v) for k, v in result.max_abs_diff.items()} \
             if hasattr(result, "max_abs_diff") else None
     return run, facts
-
-
-def folded_saved_model_runner(model, directory: str):
-    """(runner, facts) for the BN-folded SavedModel (bench.folded.FoldedModel)."""
-    folded = FoldedModel(model)
-    tf.saved_model.save(folded, directory, signatures={"serving_default": folded.serve})
-    signature = tf.saved_model.load(directory).signatures["serving_default"]
-    key = list(signature.structured_outputs)[0]
-
-    def run(images):
-        return signature(images=tf.constant(images))[key].numpy()
-
-    return run, {"how": "tf.saved_model.save(bench.folded.FoldedModel(model)), "
-                        f"micro_batch={folded.micro_batch}", "bytes": _size(directory)}
 
 
 def tflite_runner(model, directory: str, threads: int):

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 import efficientnet_tf  # noqa: E402
 from bench import exporters  # noqa: E402
-from bench.folded import FoldedModel  # noqa: E402
+from efficientnet_tf.fast import FoldedModel  # noqa: E402
 
 logging.set_verbosity(logging.WARNING)  # the exporter logs every step at INFO
 
@@ -48,7 +48,7 @@ def graph_function(model):
 
 KA, KERAS, SAVED, FOLDED, TFLITE = ("keras.applications (TF)", "ours: Keras model (TF)",
                                     "ours: SavedModel (export/)",
-                                    "ours: SavedModel, BN folded (bench/folded.py)",
+                                    "ours: FoldedModel (efficientnet_tf.fast, TF)",
                                     "ours: TF-Lite (export/)")
 BATCH1_ONLY = (TFLITE,)  # the TF-Lite export takes one image per call
 
@@ -84,8 +84,8 @@ def build_candidates(args, workdir):
     exports = {}
     candidates[SAVED], exports["saved_model"] = exporters.saved_model_runner(
         ours, os.path.join(workdir, "saved_model"))
-    candidates[FOLDED], exports["saved_model_folded"] = exporters.folded_saved_model_runner(
-        ours, os.path.join(workdir, "saved_model_folded"))
+    folded = FoldedModel(ours)
+    candidates[FOLDED] = lambda x: folded(x).numpy()
     candidates[TFLITE], exports["tflite"] = exporters.tflite_runner(
         ours, os.path.join(workdir, "tflite"), args.tflite_threads)
 

@@ -2,11 +2,13 @@
 on synthetic data, ours vs keras.applications' same variant, interleaved in one run.
 
     python -m bench.train                     # B0 at 224, batch 32 (~2-3 min on 2 cores)
-    python -m bench.train --no_fused_bn       # without the fused-BatchNorm proposal row
+    python -m bench.train --no_plain_bn       # without the row for Keras' own BatchNormalization
 
 Both models get the same step: a tf.function (no XLA: ~5x slower on this CPU) with the
 official EfficientNet optimizer (RMSprop, rho 0.9, momentum 0.9, epsilon 1e-3; tensorflow/tpu
-efficientnet main.py) and label-smoothed (0.1) softmax cross-entropy on logits. Prints a
+efficientnet main.py) and label-smoothed (0.1) softmax cross-entropy on logits. "ours" is what
+train.main trains: the model with fused BatchNormalization (efficientnet_tf.fast); the
+plain-BN row is the built Keras model as is. Prints a
 markdown table and writes bench/results/train.json.
 """
 
@@ -24,10 +26,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import efficientnet_tf  # noqa: E402
-from bench.fused_bn import with_fused_batchnorm  # noqa: E402
+from efficientnet_tf.fast import with_fused_batchnorm  # noqa: E402
 from bench.inference import keras_applications_model  # noqa: E402
 
-BASE, OURS, PROPOSAL = "keras.applications", "ours", "ours + fused BN (proposal, bench/fused_bn.py)"
+BASE, OURS, PLAIN = ("keras.applications", "ours (train.main: fused BN, efficientnet_tf.fast)",
+                     "ours with Keras' BatchNormalization")
 
 
 def train_step_fn(model, num_classes: int):
@@ -49,7 +52,7 @@ def train_step_fn(model, num_classes: int):
 
 
 def check_fused_bn(model_name: str) -> dict:
-    """The fused-BN proposal computes the same train step: forward (training mode), gradients
+    """Fused BN computes the same train step: forward (training mode), gradients
     and moving statistics against the Keras model (dropout off, 2 images at 96 px)."""
     model = efficientnet_tf.build_model(model_name, classifier_activation=None,
                                         dropout_rate=0, drop_connect_rate=0)
@@ -84,7 +87,7 @@ def check_fused_bn(model_name: str) -> dict:
     # two mean/variance algorithms (measured up to 0.5% on Lite0, 2e-5 on B0).
     limits = {"logits": 1e-3, "gradients": 1e-2, "moving_variance": 1e-3}
     if any(not diffs[k] < limits[k] for k in limits):
-        raise AssertionError(f"fused-BN proposal differs from the Keras model: {diffs} "
+        raise AssertionError(f"fused BN differs from the Keras model: {diffs} "
                              f"(limits {limits})")
     return {k: float(f"{v:.3g}") for k, v in diffs.items()}
 
@@ -95,8 +98,8 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--no_fused_bn", action="store_true",
-                        help="skip the fused-BatchNorm proposal (bench/fused_bn.py)")
+    parser.add_argument("--no_plain_bn", action="store_true",
+                        help="skip the row for the model with Keras' own BatchNormalization")
     parser.add_argument("--output", default=None, help="JSON path (default bench/results/)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -114,10 +117,11 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(size=(args.batch, *shape)).astype(np.float32))
     labels = tf.constant(rng.integers(0, classes, size=args.batch).astype(np.int32))
-    steps = {BASE: train_step_fn(ka, classes), OURS: train_step_fn(ours, classes)}
-    if not args.no_fused_bn:
-        result["fused_bn_check_max_relative_diff"] = check_fused_bn(args.model)
-        steps[PROPOSAL] = train_step_fn(with_fused_batchnorm(ours), classes)
+    result["fused_bn_check_max_relative_diff"] = check_fused_bn(args.model)
+    steps = {BASE: train_step_fn(ka, classes),
+             OURS: train_step_fn(with_fused_batchnorm(ours), classes)}
+    if not args.no_plain_bn:
+        steps[PLAIN] = train_step_fn(ours, classes)
     for name, step in steps.items():
         loss = float(step(images, labels))
         if not np.isfinite(loss):

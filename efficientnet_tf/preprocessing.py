@@ -128,17 +128,27 @@ def decode_and_center_crop(image_bytes, config: Union[EvalConfig, str]):
     from decoding everything). Other formats: full decode, then slice.
     """
     config = _resolve(config)
+    return decode_window(image_bytes, lambda h, w: center_crop_window(h, w, config))
+
+
+def decode_window(image_bytes, window_fn):
+    """Decodes the window ``window_fn(height, width)`` ([y, x, h, w], int32) of an encoded image:
+    uint8 RGB [h, w, 3]. The trainer's random crops use it too.
+
+    JPEG: the window comes from the header and only it is decoded. Other formats: full decode,
+    then slice.
+    """
     image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
 
     def jpeg():
         shape = tf.image.extract_jpeg_shape(image_bytes)
-        window = center_crop_window(shape[0], shape[1], config)
+        window = window_fn(shape[0], shape[1])
         return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
 
     def other():
         image = decode_image(image_bytes)
         shape = tf.shape(image)
-        window = center_crop_window(shape[0], shape[1], config)
+        window = window_fn(shape[0], shape[1])
         return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
 
     image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
@@ -244,5 +254,5 @@ def preprocess_array(image, config: Union[EvalConfig, str]):
 
 
 __all__ = ["EvalConfig", "RESIZE_METHODS", "center_crop_window", "decode_and_center_crop", "decode_image",
-           "eval_config", "image_format", "is_image", "preprocess_array", "preprocess_bytes",
+           "decode_window", "eval_config", "image_format", "is_image", "preprocess_array", "preprocess_bytes",
            "preprocess_bytes_batch", "resize", "to_rgb", "to_unit_range"]

@@ -87,7 +87,8 @@ def test_v2_large_resizes_whole_image_with_half_pixel_centers(encoded):
 
 
 def test_same_as_the_trainers_eval_preprocessing(encoded):
-    """train/preprocessing.py (written separately, for the input pipeline) must agree bit for bit."""
+    """The trainer evaluates as a served model preprocesses: its crop rules map to the same windows,
+    resizes and outputs, bit for bit."""
     from train import preprocessing as train_pp
 
     for name in ("efficientnet-b0", "efficientnet-lite0", "efficientnetv2-s"):

@@ -15,29 +15,7 @@ from train import digits_dataset
 from train import input_pipeline as ip
 
 # Split sizes of imagenet2012 5.x in the TFDS catalog.
-IMAGENET_TRAIN, IMAGENET_VALIDATION = 1_281_167, 50_000
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    digits_dataset.SklearnDigits(data_dir=data_dir).download_and_prepare()
-    return data_dir
-
-
-@pytest.fixture(scope="module")
-def imagenet_metadata(tmp_path_factory):
-    """imagenet2012 metadata (dataset_info.json) with the real split sizes, as
-    tfds.testing.mock_data(policy=USE_FILES) expects; no image data."""
-    root = str(tmp_path_factory.mktemp("imagenet_meta"))
-    builder = tfds.builder("imagenet2012", data_dir=root)
-    builder.info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(name="train", shard_lengths=[IMAGENET_TRAIN], num_bytes=0),
-        tfds.core.SplitInfo(name="validation", shard_lengths=[IMAGENET_VALIDATION], num_bytes=0),
-    ]))
-    os.makedirs(builder.data_dir, exist_ok=True)
-    builder.info.write_to_directory(builder.data_dir)
-    return root
+from train_helpers import IMAGENET_TRAIN, IMAGENET_VALIDATION
 
 
 def _write_image(path, array):

@@ -202,7 +202,7 @@ def test_try_or_flag_and_assert_decoded_inside_tf_data(jpeg, png):
 
     check(images[0], ids[0])  # eager: no error
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match="example <b> \\(2000 bytes, format by magic bytes: jpeg\\)"):
+                       match="example <b> \\(2000 bytes, format by magic bytes: JPEG\\)"):
         check(images[1], ids[1])
 
     def check_in_graph(out, example):
@@ -219,5 +219,5 @@ def test_try_or_flag_and_assert_decoded_inside_tf_data(jpeg, png):
 
 def test_image_format_by_magic_bytes(jpeg, png):
     samples = [jpeg, png, b"GIF89a...", b"BMxx", b"??"]
-    assert [pp.image_format(s).numpy() for s in samples] == [b"jpeg", b"png", b"gif", b"bmp",
+    assert [pp.image_format(s).numpy() for s in samples] == [b"JPEG", b"PNG", b"GIF", b"BMP",
                                                               b"unknown"]

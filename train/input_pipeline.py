@@ -197,7 +197,9 @@ def build_dataset(name_or_builder, split, data_dir=None, *, is_training: bool,
                   input_context: tf.distribute.InputContext | None = None,
                   shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
                   repeat: bool | None = None, drop_remainder: bool | None = None,
-                  download: bool = True) -> tf.data.Dataset:
+                  download: bool = True,
+                  area_range: tuple[float, float] = preprocessing.TRAIN_AREA_RANGE,
+                  random_flip: bool = True) -> tf.data.Dataset:
     """Batches of (images [B, S, S, 3] float32 in [0, 1], labels).
 
     name_or_builder: a TFDS name ('imagenet2012', 'sklearn_digits', ...), a tfds builder, or a
@@ -213,6 +215,8 @@ def build_dataset(name_or_builder, split, data_dir=None, *, is_training: bool,
       JPEGs at 224, 25-80% of the plain pipeline's cost), but a corrupt image then fails with
       TF's own decode error, which names no example.
     repeat / drop_remainder: default to is_training.
+    area_range / random_flip: the train crop's area fraction range (official: 0.08-1) and the
+      horizontal flip (official: on); small datasets of digits or text want neither.
     """
     if augment_name is not None and augment_name not in augment.AUGMENT_NAMES:
         raise ValueError(f"Unknown augment_name {augment_name!r}; valid: None or "
@@ -250,7 +254,8 @@ def build_dataset(name_or_builder, split, data_dir=None, *, is_training: bool,
     def decode(image_bytes, example_seed):
         crop_seed, _ = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
         if is_training:
-            return preprocessing.decode_for_train(image_bytes, image_size, crop_seed, crop_rule)
+            return preprocessing.decode_for_train(image_bytes, image_size, crop_seed, crop_rule,
+                                                  area_range=area_range)
         return preprocessing.decode_for_eval(image_bytes, image_size, crop_rule)
 
     guarded = preprocessing.try_or_flag(decode, tf.zeros([0, 0, 3], tf.uint8))
@@ -294,7 +299,7 @@ def build_dataset(name_or_builder, split, data_dir=None, *, is_training: bool,
         if is_training:
             image = preprocessing.finish_for_train(
                 example["image"], image_size, finish_seed, resize_method, crop_rule,
-                augment_name, randaug_num_layers, randaug_magnitude)
+                augment_name, randaug_num_layers, randaug_magnitude, random_flip)
         else:
             image = preprocessing.finish_for_eval(example["image"], image_size, resize_method,
                                                   crop_rule)

@@ -1,4 +1,5 @@
-"""EfficientNet image preprocessing: small pure functions from encoded image bytes to float images.
+"""EfficientNet training preprocessing: small pure functions from encoded image bytes to float
+images.
 
 Follows the official pipelines (numbers cited where used):
 - V1 / Lite: tensorflow/tpu models/official/efficientnet/preprocessing.py, identical to
@@ -6,6 +7,10 @@ Follows the official pipelines (numbers cited where used):
   encoded JPEG, horizontal flip, bicubic resize; eval center crop of res/(res+32)*min(h,w).
 - V2: google/automl efficientnetv2/preprocessing.py: bilinear resize, eval crop only when
   res < 320.
+
+Evaluation, resizing and decoding are the library's (``efficientnet_tf.preprocessing``, which the
+exporters and ``predict`` use too): the trainer evaluates exactly as a served model does. This
+module adds what only training needs: the random-area crop, the flip and the augmentations.
 
 Every random function takes a stateless `seed` (int tensor of shape [2]), so a pipeline is
 reproducible for a given seed however it is parallelised. Outputs are float32 RGB in [0, 1]
@@ -18,10 +23,13 @@ import dataclasses
 
 import tensorflow as tf
 
+from efficientnet_tf import preprocessing as eval_lib
 from train import augment
 
-RESIZE_METHODS = ("bicubic", "bilinear", "area", "nearest", "lanczos3", "lanczos5",
-                  "gaussian", "mitchellcubic")
+RESIZE_METHODS = eval_lib.RESIZE_METHODS
+image_format = eval_lib.image_format
+to_unit_range = eval_lib.to_unit_range
+decode_and_crop = eval_lib.decode_window
 
 # Train crop of tensorflow/tpu preprocessing.py `_decode_and_random_crop`.
 TRAIN_AREA_RANGE = (0.08, 1.0)
@@ -39,21 +47,20 @@ class CropRule:
       released checkpoints were evaluated with 32).
     crop_below: crop only when res < crop_below, else resize the whole image
       (automl efficientnetv2/preprocessing.py: `'crop' if image_size < 320 else ''`).
-    round_offset_up: V1 offsets are ((h - crop) + 1) // 2; automl V2 uses (h - crop) // 2.
-    half_pixel_centers: False reproduces tf.compat.v1.image.resize, which the official V1 code
-      (`import tensorflow.compat.v1 as tf`) uses; automl V2 uses TF2's tf.image.resize.
+    legacy: tensorflow/tpu conventions (V1, Lite, V2-B0..B3): crop offsets ((h - crop) + 1) // 2
+      and tf.compat.v1.image.resize (half_pixel_centers=False). automl V2-S/M/L/XL: offsets
+      (h - crop) // 2 and TF2's tf.image.resize.
     """
     crop_padding: int = 32
     crop_below: int | None = None
-    round_offset_up: bool = True
-    half_pixel_centers: bool = False
+    legacy: bool = True
 
 
 # 'v1': tensorflow/tpu preprocessing.py = automl preprocess_legacy.py, used by V1, Lite and
 # V2-B0..B3 (their "effnetv1_autoaug" recipe). 'v2': automl preprocessing.py (V2-S/M/L/XL).
 CROP_RULES = {
     "v1": CropRule(),
-    "v2": CropRule(crop_below=320, round_offset_up=False, half_pixel_centers=True),
+    "v2": CropRule(crop_below=320, legacy=False),
 }
 
 
@@ -88,35 +95,21 @@ def check_resize_method(method):
         raise ValueError(f"Unknown resize_method {method!r}; valid: {list(RESIZE_METHODS)}.")
 
 
-def image_format(image_bytes):
-    """Format by magic bytes: one of b'jpeg', b'png', b'gif', b'bmp', b'unknown' (string tensor)."""
-    head = tf.strings.substr(image_bytes, 0, 8)
-    formats = [
-        (tf.io.is_jpeg(image_bytes), "jpeg"),
-        (tf.equal(head, b"\x89PNG\r\n\x1a\n"), "png"),
-        (tf.equal(tf.strings.substr(head, 0, 4), b"GIF8"), "gif"),
-        (tf.equal(tf.strings.substr(head, 0, 2), b"BM"), "bmp"),
-    ]
-    result = tf.constant("unknown")
-    for is_format, name in reversed(formats):
-        result = tf.where(is_format, tf.constant(name), result)
-    return result
+def eval_config(image_size: int, rule: CropRule | str = "v1",
+                resize_method: str = "bicubic") -> eval_lib.EvalConfig:
+    """The library's EvalConfig for a CropRule at `image_size`."""
+    rule = get_crop_rule(rule)
+    check_resize_method(resize_method)
+    if rule.crop_below is not None and image_size >= rule.crop_below:
+        fraction = 1.0
+    else:
+        fraction = image_size / (image_size + rule.crop_padding)
+    return eval_lib.EvalConfig(int(image_size), fraction, resize_method, legacy=rule.legacy)
 
 
 def center_crop_window(height, width, image_size: int, rule: CropRule | str = "v1"):
     """Eval crop window [offset_y, offset_x, size, size] (int32) of an image of height x width."""
-    rule = get_crop_rule(rule)
-    height = tf.cast(height, tf.int32)
-    width = tf.cast(width, tf.int32)
-    if rule.crop_below is not None and image_size >= rule.crop_below:
-        return tf.stack([0, 0, height, width])
-    # Same float32 arithmetic as the official code: python ratio times float32 min side.
-    ratio = image_size / (image_size + rule.crop_padding)
-    size = tf.cast(ratio * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
-    extra = 1 if rule.round_offset_up else 0
-    offset_y = (height - size + extra) // 2
-    offset_x = (width - size + extra) // 2
-    return tf.stack([offset_y, offset_x, size, size])
+    return eval_lib.center_crop_window(height, width, eval_config(image_size, rule))
 
 
 def random_crop_window(height, width, seed, image_size: int, rule: CropRule | str = "v1",
@@ -146,49 +139,9 @@ def random_crop_window(height, width, seed, image_size: int, rule: CropRule | st
     return tf.where(bad, center_crop_window(height, width, image_size, rule), window)
 
 
-def decode_and_crop(image_bytes, window_fn):
-    """Decodes the window `window_fn(height, width)` of an image as uint8 [h, w, 3].
-
-    JPEG: the window is computed from the header and only it is decoded
-    (decode_and_crop_jpeg). Other formats (PNG, GIF, BMP): full decode, then slice.
-    """
-    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
-
-    def jpeg():
-        shape = tf.image.extract_jpeg_shape(image_bytes)
-        window = window_fn(shape[0], shape[1])
-        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
-
-    def other():
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        shape = tf.shape(image)
-        window = window_fn(shape[0], shape[1])
-        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
-
-    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
-    image.set_shape([None, None, 3])
-    return image
-
-
 def resize(image, image_size: int, method: str = "bicubic", rule: CropRule | str = "v1"):
     """Resizes to image_size x image_size, float32 (values may overshoot [0, 255] for bicubic)."""
-    check_resize_method(method)
-    rule = get_crop_rule(rule)
-    size = [image_size, image_size]
-    legacy_ops = {"bicubic": tf.raw_ops.ResizeBicubic, "bilinear": tf.raw_ops.ResizeBilinear}
-    if not rule.half_pixel_centers and method in legacy_ops:
-        image = legacy_ops[method](images=image[None], size=size, align_corners=False,
-                                   half_pixel_centers=False)[0]
-    else:
-        image = tf.image.resize(image, size, method=method)
-    image = tf.cast(image, tf.float32)
-    image.set_shape([image_size, image_size, 3])
-    return image
-
-
-def to_unit_range(image):
-    """[0, 255] float or uint8 -> float32 in [0, 1] (clipped: bicubic overshoots)."""
-    return tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0) / 255.0
+    return eval_lib.resize(image, eval_config(image_size, rule, method))
 
 
 def decode_for_train(image_bytes, image_size: int, seed, rule: CropRule | str = "v1",
@@ -205,7 +158,8 @@ def decode_for_train(image_bytes, image_size: int, seed, rule: CropRule | str = 
 
 def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic",
                      rule: CropRule | str = "v1", augment_name: str | None = None,
-                     randaug_num_layers: int = 2, randaug_magnitude: float = 10):
+                     randaug_num_layers: int = 2, randaug_magnitude: float = 10,
+                     random_flip: bool = True):
     """Resize, random flip, optional AutoAugment/RandAugment -> [0, 1] float32.
 
     The order (crop, resize, flip, augment on uint8) is the official one.
@@ -214,7 +168,8 @@ def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic
     flip_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     # The official fallback center crop always resizes bicubic; we use `resize_method`.
     image = resize(image, image_size, resize_method, rule)
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if random_flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if augment_name:
         image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
         image = augment.distort_image(image, augment_name, aug_seed,
@@ -226,19 +181,19 @@ def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic
 def preprocess_for_train(image_bytes, image_size: int, seed, resize_method: str = "bicubic",
                          rule: CropRule | str = "v1", augment_name: str | None = None,
                          randaug_num_layers: int = 2, randaug_magnitude: float = 10,
-                         **crop_kwargs):
+                         random_flip: bool = True, **crop_kwargs):
     """decode_for_train then finish_for_train (crop_kwargs: area_range, aspect_ratio_range,
     max_attempts, min_object_covered)."""
     check_resize_method(resize_method)
     crop_seed, finish_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = decode_for_train(image_bytes, image_size, crop_seed, rule, **crop_kwargs)
     return finish_for_train(image, image_size, finish_seed, resize_method, rule, augment_name,
-                            randaug_num_layers, randaug_magnitude)
+                            randaug_num_layers, randaug_magnitude, random_flip)
 
 
 def decode_for_eval(image_bytes, image_size: int, rule: CropRule | str = "v1"):
     """The eval center crop by `rule`, decoded (from the encoded JPEG directly), uint8."""
-    return decode_and_crop(image_bytes, lambda h, w: center_crop_window(h, w, image_size, rule))
+    return eval_lib.decode_and_center_crop(image_bytes, eval_config(image_size, rule))
 
 
 def finish_for_eval(image, image_size: int, resize_method: str = "bicubic",
@@ -249,7 +204,8 @@ def finish_for_eval(image, image_size: int, resize_method: str = "bicubic",
 
 def preprocess_for_eval(image_bytes, image_size: int, resize_method: str = "bicubic",
                         rule: CropRule | str = "v1"):
-    """Center crop by `rule`, resize -> [0, 1] float32."""
+    """Center crop by `rule`, resize -> [0, 1] float32: the library's preprocess of a served
+    model (efficientnet_tf.preprocessing), without its image-format assertion."""
     check_resize_method(resize_method)
     return finish_for_eval(decode_for_eval(image_bytes, image_size, rule), image_size,
                            resize_method, rule)

@@ -1,17 +1,21 @@
-"""A fast inference graph for a built model: BatchNormalization folded into the convolutions.
+"""Fast execution of a built model, with the same weights and (up to float rounding) the same
+numbers: a BN-folded inference graph and fused BatchNormalization for training.
 
-Why (profiled on the 2-core AMD EPYC benchmark machine, B0 at 224; notes/bench_report.md):
-in the Keras graph every convolution is followed by BatchNormalization, which Keras 3 computes
-as a separate Mul and AddV2 over the whole activation (it has no fused-BN path), then the
-activation. With the swish and the squeeze-excite multiply, these memory-bound elementwise
-passes are ~40% of the op time. Folding BN into the conv kernel and bias leaves conv + BiasAdd
-+ activation, which grappler's remapper fuses into one oneDNN kernel (_FusedConv2D with the
-swish; _FusedDepthwiseConv2dNative with the bias), and the input normalization becomes one add.
-Result: ~1.5x fewer CPU-seconds per image than the Keras graph, at batch 1 and 32.
+Why (profiled on a 2-core AMD EPYC, B0 at 224; README "Benchmarks", bench/): Keras 3's
+BatchNormalization has no fused path. In inference it is a separate Mul and AddV2 over every
+activation; in training tf.nn.moments, a Mul and an AddV2 forward and about as many ops in the
+backward pass. With the swish and the squeeze-excite multiply these memory-bound passes are ~40%
+of the inference op time and ~60% of a train step's.
 
-The folded module is a plain ``tf.Module`` (variables + one ``tf.function``), so it can be
-saved with ``tf.saved_model.save`` and converted to TF-Lite. Numerics: equal to the Keras
-model in inference mode up to float rounding (folding reassociates the BN multiply).
+- :class:`FoldedModel` (inference): BatchNormalization folded into the preceding convolution's
+  kernel and bias, input normalization folded into the stem convolution. Grappler then fuses
+  conv + bias + swish into one oneDNN kernel. ~1.5x fewer CPU-seconds per image at batch 1
+  and 32. A plain ``tf.Module`` (variables + one ``tf.function``): the export/ SavedModel for
+  TF Serving is built from it, and ``tf.saved_model.save`` / the TF-Lite converter take it.
+- :func:`with_fused_batchnorm` (training): a clone of the model whose BatchNormalization layers
+  run TF's fused kernel (FusedBatchNormV3 and its gradient): one op forward, one backward,
+  Keras' moving-average semantics. Same layer names, variable paths and weights, so
+  checkpoints and ``load_weights`` interchange with the plain model. train.main trains it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 SUPPORTED_LAYERS = ("InputLayer", "Preprocessing", "Conv2D", "DepthwiseConv2D",
                     "BatchNormalization", "Activation", "GlobalAveragePooling2D",
                     "GlobalMaxPooling2D", "Reshape", "Multiply", "Add", "Dropout", "Dense")
+
+
+# ------------------------------------------------------------------ BN-folded inference
 
 
 def _swish(x):
@@ -263,3 +270,58 @@ def _bn_affine(bn):
     scale = gamma / np.sqrt(var + bn.epsilon)
     return (np.asarray(scale, np.float32) * np.ones_like(mean),
             np.asarray(beta - mean * scale, np.float32) * np.ones_like(mean))
+
+
+# ---------------------------------------------------------------- fused BN for training
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization (same arguments, variables and semantics, including the
+    moving-average update with the biased batch variance) on tf.compat.v1.nn.fused_batch_norm.
+    Falls back to Keras' implementation where the fused kernel does not apply (masks, renorm,
+    synchronized statistics across replicas, inputs other than NHWC)."""
+
+    def call(self, inputs, training=None, mask=None):
+        axis = self.axis if self.axis >= 0 else self.axis + len(inputs.shape)
+        if (mask is not None or self.renorm or self.synchronized or len(inputs.shape) != 4
+                or axis != 3):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)
+        channels = x.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, is_training=True)[:3]
+            # The kernel returns the Bessel-corrected variance; Keras averages the biased one.
+            count = tf.cast(tf.size(x) // channels, tf.float32)
+            variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(self.moving_variance * momentum
+                                        + variance * (1.0 - momentum))
+        else:
+            y = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+                is_training=False)[0]
+        return tf.cast(y, self.compute_dtype)
+
+
+def with_fused_batchnorm(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` (same layer names, variable paths and weights) whose
+    BatchNormalization layers are :class:`FusedBatchNormalization`. Build it inside the
+    distribution strategy's scope, like the model."""
+
+    def clone(layer):
+        if type(layer) is keras.layers.BatchNormalization:
+            return FusedBatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+__all__ = ["FoldedModel", "FusedBatchNormalization", "with_fused_batchnorm"]

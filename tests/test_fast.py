@@ -1,0 +1,112 @@
+"""efficientnet_tf.fast: the BN-folded inference graph (what the serving export runs) and fused
+BatchNormalization (what train.main trains) compute what the Keras model computes."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import efficientnet_tf
+from efficientnet_tf import fast
+from helpers import randomize_like_trained, relative_error
+
+SIZE = 96
+
+
+def trained_like(name, **kwargs):
+    model = efficientnet_tf.build_model(name, input_shape=(SIZE, SIZE, 3), **kwargs)
+    calibration = np.random.default_rng(1).uniform(size=(4, SIZE, SIZE, 3)).astype("float32")
+    return randomize_like_trained(model, calibration)
+
+
+def images(n=3, seed=2):
+    return np.random.default_rng(seed).uniform(size=(n, SIZE, SIZE, 3)).astype("float32")
+
+
+# One per family: swish V1 (bias-free convs, BN after each), relu6 Lite, V2 (fused MBConv).
+@pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnet-lite0", "efficientnetv2-b0"])
+def test_folded_graph_equals_keras_model(name):
+    model = trained_like(name, classifier_activation=None)
+    folded = fast.FoldedModel(model)
+    x = images()
+    want = model(x, training=False).numpy()
+    assert np.abs(want).max() > 1.0  # logits of a trained-like scale, not ~0
+    got = folded(x).numpy()
+    assert relative_error(want, got) < 2e-5
+    # Every BatchNormalization went into a convolution: no standalone BN scale/shift left.
+    assert not any(k.endswith("/scale") for k in folded.folded_variables)
+    convs = sum(isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) for l in model.layers)
+    assert len(folded.folded_variables) == 2 * convs + 2  # kernel + bias per conv and the dense
+
+
+def test_folded_endpoints_micro_batches_and_saved_model(tmp_path):
+    model = trained_like("efficientnet-b0", classifier_activation=None)
+    endpoints = efficientnet_tf.endpoints_model(model)
+    x = images(5)
+    want = endpoints(x, training=False)
+    folded = fast.FoldedModel(endpoints, micro_batch=2)  # 5 = 2 + 2 + 1 inside a while loop
+    got = folded(x)
+    assert set(got) == set(want)
+    for key in want:
+        assert relative_error(want[key].numpy(), got[key].numpy()) < 2e-5, key
+    tf.saved_model.save(folded, str(tmp_path), signatures={"serving_default": folded.serve})
+    loaded = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    reloaded = loaded(images=tf.constant(x))
+    for key in want:
+        np.testing.assert_allclose(reloaded[key].numpy(), got[key].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_rejects_what_it_cannot_fold():
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.LayerNormalization()(inputs))
+    with pytest.raises(ValueError, match="LayerNormalization is not supported"):
+        fast.FoldedModel(model)
+    with pytest.raises(ValueError, match="micro_batch"):
+        fast.FoldedModel(trained_like("efficientnet-lite0"), micro_batch=0)
+
+
+@pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnetv2-b0"])
+def test_fused_batchnorm_trains_like_keras_batchnorm(name):
+    """Training mode: the same logits, gradients and moving statistics; inference mode: the same
+    logits. The clone keeps layer names, variable paths and weights."""
+    model = trained_like(name, classifier_activation=None, dropout_rate=0, drop_connect_rate=0)
+    fused = fast.with_fused_batchnorm(model)
+    kinds = {type(l).__name__ for l in fused.layers}
+    assert "FusedBatchNormalization" in kinds and "BatchNormalization" not in kinds
+    assert [v.path for v in fused.weights] == [v.path for v in model.weights]
+    for a, b in zip(model.weights, fused.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    x = tf.constant(images(4))
+    labels = tf.one_hot([3, 7, 1, 0], model.output.shape[-1])
+
+    def step(m):
+        with tf.GradientTape() as tape:
+            logits = m(x, training=True)
+            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, logits))
+        return logits, tape.gradient(loss, m.trainable_variables)
+
+    (want, want_grads), (got, got_grads) = step(model), step(fused)
+    assert relative_error(want.numpy(), got.numpy()) < 1e-4
+    grad_error = float(tf.linalg.global_norm([g - w for g, w in zip(got_grads, want_grads)])
+                       / tf.linalg.global_norm(want_grads))
+    assert grad_error < 1e-3
+    bns = [(a, b) for a, b in zip(model.layers, fused.layers)
+           if isinstance(a, keras.layers.BatchNormalization)]
+    for a, b in bns:  # the moving-average update with the biased batch variance, like Keras
+        np.testing.assert_allclose(b.moving_mean.numpy(), a.moving_mean.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.moving_variance.numpy(), a.moving_variance.numpy(), rtol=1e-4,
+                                   atol=1e-5)
+    assert relative_error(model(x, training=False).numpy(), fused(x, training=False).numpy()) < 1e-4
+
+
+def test_fused_model_saves_and_loads_as_keras_file(tmp_path):
+    fused = fast.with_fused_batchnorm(trained_like("efficientnet-lite0"))
+    path = str(tmp_path / "fused.keras")
+    fused.save(path)
+    loaded = keras.models.load_model(path)
+    assert any(type(l).__name__ == "FusedBatchNormalization" for l in loaded.layers)
+    x = images(2)
+    np.testing.assert_allclose(loaded(x).numpy(), fused(x).numpy(), rtol=1e-6, atol=1e-7)
+    plain = efficientnet_tf.build_model("efficientnet-lite0", input_shape=(SIZE, SIZE, 3))
+    efficientnet_tf.load_weights(plain, loaded)  # by name: interchangeable with the plain model
+    np.testing.assert_allclose(plain(x).numpy(), fused(x).numpy(), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,97 @@
+"""--init_weights: where fine-tuning starts. Anything efficientnet_tf.load_weights accepts, or
+the model directory of an earlier run of this trainer (its EMA weights when it kept them);
+the classifier may be left behind when the number of classes differs, nothing else may."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+import efficientnet_tf
+from efficientnet_tf.weights import pretrained
+from train import config as config_lib
+
+# Layers whose weights may be left out when the class count differs.
+HEAD_LAYERS = ("predictions",)
+
+
+def ema_variables(model: keras.Model):
+    """What the trainer averages (tensorflow/tpu utils.get_ema_vars): the trainable weights and
+    the BN moving statistics, as tf.Variables, in model order."""
+    return [v.value for v in model.weights
+            if v.trainable or v.name in ("moving_mean", "moving_variance")]
+
+
+def is_model_dir(source) -> bool:
+    """Whether ``source`` is a folder with a checkpoint and run_info.json of train.main."""
+    return (isinstance(source, str) and tf.io.gfile.isdir(source)
+            and tf.train.latest_checkpoint(source) is not None
+            and tf.io.gfile.exists(os.path.join(source, "run_info.json")))
+
+
+def resolve_source(source, model_name: str):
+    """A run's model directory, or 'imagenet' (the variant's pretrained 1000-class model),
+    becomes a Keras model; anything else is left for load_weights."""
+    if is_model_dir(source):
+        return model_from_model_dir(source)
+    if isinstance(source, str) and source.lower() in pretrained.ALIASES:
+        with _float32():
+            model = efficientnet_tf.build_model(model_name, weights=source.lower(),
+                                                classifier_activation=None)
+        model.name = source.lower()  # named in "Initialized from imagenet"
+        return model
+    return source
+
+
+@contextlib.contextmanager
+def _float32():
+    """Builds source models in float32 whatever the run's dtype policy."""
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def load_init_weights(model: keras.Model, source):
+    """Copies ``source`` into ``model``; only ``predictions`` may be missing or mis-shaped."""
+    report = efficientnet_tf.load_weights(model, source, strict=False)
+    head = tuple(f"{layer}/" for layer in HEAD_LAYERS)
+    other = ([k for k in report.missing + report.unexpected if not k.startswith(head)]
+             + [m for m in report.mismatched if not m[0].startswith(head)])
+    if other:
+        raise ValueError("--init_weights does not fit beyond the classifier: " + report.describe())
+    name = getattr(source, "name", source)
+    if report.ok:
+        print(f"Initialized all weights from {name}", flush=True)
+    else:
+        print(f"Initialized from {name}; the classifier is new ({report.describe()})", flush=True)
+    return report
+
+
+def model_from_model_dir(model_dir: str) -> keras.Model:
+    """The latest checkpoint of a train.main run as a float32 Keras model, with the EMA
+    averages in place of the raw weights when the run kept them."""
+    with tf.io.gfile.GFile(os.path.join(model_dir, "run_info.json")) as f:
+        num_classes = json.load(f)["num_classes"]
+    saved = config_lib.load(os.path.join(model_dir, "config.json"))
+    with _float32():
+        model = efficientnet_tf.build_model(saved.model.name, classes=num_classes,
+                                            classifier_activation=None)
+    averaged = ema_variables(model)
+    path = tf.train.latest_checkpoint(model_dir)
+    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    has_ema = any(name.startswith("ema/") for name in names)
+    tracked = {"model": model}
+    if has_ema:
+        tracked["ema"] = [tf.Variable(tf.zeros_like(v)) for v in averaged]
+    tf.train.Checkpoint(**tracked).read(path).expect_partial()
+    if has_ema:
+        for var, shadow in zip(averaged, tracked["ema"]):
+            var.assign(shadow)
+    return model

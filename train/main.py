@@ -1,0 +1,229 @@
+r"""Train and evaluate EfficientNets on TFDS datasets: ``python -m train.main``.
+
+With no flags it trains EfficientNet-B0 on the embedded scikit-learn digits dataset (recipe
+'digits'). On ImageNet, with the official recipes::
+
+  python -m train.main --tpu=NAME --model_name=efficientnet-b0 --dataset=imagenet2012 \
+      --data_dir=gs://BUCKET/tfds --model_dir=gs://BUCKET/b0 --mode=train_and_eval
+
+Flags use the official trainers' names (tensorflow/tpu efficientnet/main.py, automl
+efficientnetv2/main.py) where they exist. The config is: recipe (``--recipe``, by default
+chosen from the model and dataset) < flags given on the command line < ``--config key=value``
+overrides (a key set both by a flag and by --config is an error). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from absl import app
+from absl import flags
+
+from train import config as config_lib
+from train import recipes
+
+FLAGS = flags.FLAGS
+
+# Run-level flags: where and how to run, not what to train.
+flags.DEFINE_string("tpu", None, "Cloud TPU name or grpc:// address ('local' on a TPU VM).")
+flags.DEFINE_string("model_dir", None, "Checkpoints, summaries and the resolved config "
+                    "(default: <tmp>/efficientnet_tf/<model_name>-<dataset>; a rerun resumes).")
+flags.DEFINE_enum("mode", "train_and_eval", list(config_lib.MODES), "What to run.")
+flags.DEFINE_string("export_dir", None, "Export the trained (EMA) model here at the end (export/).")
+flags.DEFINE_string("export_format", "saved_model", "Format for --export_dir: hub, hub_tf1, "
+                    "saved_model or tflite (export.FORMATS).")
+flags.DEFINE_string("recipe", None, "Named recipe: " + ", ".join(recipes.RECIPES) +
+                    " (default: digits on the embedded dataset, v2 for EfficientNetV2, else v1).")
+flags.DEFINE_multi_string("config", [], "Config override key=value (repeatable), e.g. "
+                          "--config=train.lr_schedule=cosine. Keys: " +
+                          ", ".join(config_lib.valid_keys()))
+flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices and "
+                     "train with MirroredStrategy over them (testing distribution on one host).")
+
+# Experiment flags, each mapped to one config key (official names where they exist).
+flags.DEFINE_string("model_name", None, "Model, e.g. efficientnet-b0 (default efficientnet-b0).")
+flags.DEFINE_string("dataset", None, f"TFDS name or image folder (default {config_lib.DIGITS}).")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
+flags.DEFINE_integer("train_batch_size", None, "Global train batch size.")
+flags.DEFINE_integer("eval_batch_size", None, "Global eval batch size.")
+flags.DEFINE_integer("train_steps", None, "Train steps (instead of --train_epochs).")
+flags.DEFINE_float("train_epochs", None, "Train epochs (instead of --train_steps).")
+flags.DEFINE_boolean("use_bfloat16", None, "bfloat16 activations (default: on TPU only).")
+flags.DEFINE_float("base_learning_rate", None, "Learning rate per 256 images.")
+flags.DEFINE_float("moving_average_decay", None, "EMA decay of the weights (0: off).")
+flags.DEFINE_float("label_smoothing", None, "Label smoothing.")
+flags.DEFINE_string("augment_name", None, "autoaugment, randaugment or none.")
+flags.DEFINE_integer("randaug_num_layers", None, "RandAugment N.")
+flags.DEFINE_float("randaug_magnitude", None, "RandAugment M.")
+flags.DEFINE_float("mixup_alpha", None, "Mixup alpha (0: off).")
+flags.DEFINE_float("cutmix_alpha", None, "CutMix alpha (0: off).")
+flags.DEFINE_float("weight_decay", None, "L2 weight decay (not on BN parameters or biases).")
+flags.DEFINE_float("dropout_rate", None, "Dropout before the classifier.")
+flags.DEFINE_float("drop_connect_rate", None, "Drop-connect (stochastic depth) rate.")
+flags.DEFINE_integer("image_size", None, "Train image size (default: the recipe's).")
+flags.DEFINE_integer("num_classes", None, "Number of classes (default: the dataset's).")
+flags.DEFINE_string("init_weights", None, "Initial weights: anything efficientnet_tf.load_weights "
+                    "accepts, or a model_dir of this trainer; the classifier is dropped when the "
+                    "number of classes differs.")
+flags.DEFINE_boolean("skip_corrupt", None, "Skip (and count) undecodable images instead of failing.")
+
+# flag name -> config key
+FLAG_KEYS = {
+    "model_name": "model.name",
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "train_batch_size": "train.batch_size",
+    "eval_batch_size": "eval.batch_size",
+    "train_steps": "train.steps",
+    "train_epochs": "train.epochs",
+    "use_bfloat16": "runtime.precision",
+    "base_learning_rate": "train.base_learning_rate",
+    "moving_average_decay": "train.moving_average_decay",
+    "label_smoothing": "train.label_smoothing",
+    "augment_name": "data.augment_name",
+    "randaug_num_layers": "data.randaug_num_layers",
+    "randaug_magnitude": "data.randaug_magnitude",
+    "mixup_alpha": "data.mixup_alpha",
+    "cutmix_alpha": "data.cutmix_alpha",
+    "weight_decay": "train.weight_decay",
+    "dropout_rate": "model.dropout_rate",
+    "drop_connect_rate": "model.drop_connect_rate",
+    "image_size": "data.image_size",
+    "num_classes": "model.num_classes",
+    "init_weights": "model.init_weights",
+    "skip_corrupt": "data.skip_corrupt",
+}
+
+
+def flag_overrides(values: Dict[str, Any]) -> Dict[str, Any]:
+    """{flag name: value given} -> {config key: value}."""
+    overrides = {}
+    for name, value in values.items():
+        key = FLAG_KEYS[name]
+        if name == "use_bfloat16":
+            value = "mixed_bfloat16" if value else "float32"
+        elif name == "augment_name" and isinstance(value, str) and value.lower() in ("none", ""):
+            value = None
+        overrides[key] = value
+    return overrides
+
+
+def resolve_config(flag_values: Dict[str, Any], config_items: List[str],
+                   recipe: Optional[str] = None) -> config_lib.Config:
+    """Defaults < recipe < flags < --config. ``flag_values`` holds only flags that were given."""
+    from_flags = flag_overrides(flag_values)
+    from_config = config_lib.parse_overrides(config_items)
+    both = sorted(set(from_flags) & set(from_config))
+    if both:
+        names = {v: k for k, v in FLAG_KEYS.items()}
+        raise ValueError("Set both by a flag and by --config: " + ", ".join(
+            f"{key} (--{names[key]})" for key in both))
+    if "recipe" in from_config:
+        if recipe is not None and recipe != from_config["recipe"]:
+            raise ValueError(f"--recipe={recipe} and --config recipe={from_config['recipe']} differ")
+        recipe = from_config.pop("recipe")
+    user = {**from_flags, **from_config}
+    for key in user:  # unknown keys fail here, before the recipe is looked up
+        config_lib.get(config_lib.Config(), key)
+    if user.get("train.steps") is not None and user.get("train.epochs") is not None:
+        raise ValueError("Give --train_steps or --train_epochs, not both "
+                         f"(got steps={user['train.steps']}, epochs={user['train.epochs']})")
+    model_name = user.get("model.name") or config_lib.ModelConfig.name
+    dataset = user.get("data.dataset") or config_lib.DataConfig.dataset
+    recipe = recipe or recipes.default_recipe(model_name, dataset)
+    cfg = config_lib.apply(config_lib.Config(), recipes.recipe_overrides(recipe, model_name))
+    cfg = config_lib.apply(cfg, user)
+    if user.get("train.steps") is not None:
+        cfg.train.epochs = None  # steps given: the recipe's epochs no longer apply
+    elif user.get("train.epochs") is not None:
+        cfg.train.steps = None
+    config_lib.validate(cfg)
+    return cfg
+
+
+def check_run(cfg: config_lib.Config, mode: str, model_dir: Optional[str],
+              export_dir: Optional[str], tpu: Optional[str], num_cpu_devices: int,
+              export_format: str = "saved_model") -> None:
+    """Invalid combinations of run flags and config, found before any work starts."""
+    from train import distribute  # pylint: disable=g-import-not-at-top
+
+    distribute.check_request(tpu, num_cpu_devices)
+    if mode == "eval" and cfg.model.init_weights is None and not _has_checkpoint(model_dir):
+        raise ValueError(f"--mode=eval needs a checkpoint in --model_dir={model_dir} or "
+                         "--init_weights to evaluate")
+    if tpu and cfg.runtime.precision == "mixed_float16":
+        raise ValueError("float16 is not supported on TPU; use --use_bfloat16 (the default there)")
+    if tpu and cfg.runtime.jit_compile is False:
+        raise ValueError("TPU programs are always compiled; runtime.jit_compile=false is invalid with --tpu")
+    source = cfg.model.init_weights
+    if source and ("/" in source or os.sep in source) and not _exists(source):
+        raise ValueError(f"--init_weights={source!r} does not exist")
+    if export_dir and os.path.abspath(export_dir) == os.path.abspath(model_dir):
+        raise ValueError("--export_dir must differ from --model_dir")
+    if export_dir:
+        try:
+            import export  # pylint: disable=g-import-not-at-top,unused-import
+            export.export_model  # pylint: disable=pointless-statement
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"--export_dir needs the export/ package (export.export_model), "
+                             f"which is not available here: {err}") from None
+        if export_format not in export.FORMATS:
+            raise ValueError(f"--export_format={export_format!r}; valid: {', '.join(export.FORMATS)}")
+
+
+def default_model_dir(cfg: config_lib.Config) -> str:
+    """<tmp>/efficientnet_tf/<model_name>-<dataset name>: where a run without --model_dir goes."""
+    import tempfile  # pylint: disable=g-import-not-at-top
+
+    dataset = os.path.basename(os.path.normpath(cfg.data.dataset)) or "dataset"
+    return os.path.join(tempfile.gettempdir(), "efficientnet_tf", f"{cfg.model.name}-{dataset}")
+
+
+def _exists(path: str) -> bool:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: also gs:// paths)
+
+    return tf.io.gfile.exists(path)
+
+
+def _has_checkpoint(model_dir: str) -> bool:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    return tf.train.latest_checkpoint(model_dir) is not None
+
+
+def given_flags() -> Dict[str, Any]:
+    """The experiment flags present on the command line, with their values."""
+    return {name: FLAGS[name].value for name in FLAG_KEYS if FLAGS[name].present}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        cfg = resolve_config(given_flags(), FLAGS.config, FLAGS.recipe)
+        model_dir = FLAGS.model_dir or default_model_dir(cfg)
+        check_run(cfg, FLAGS.mode, model_dir, FLAGS.export_dir, FLAGS.tpu,
+                  FLAGS.num_cpu_devices, FLAGS.export_format)
+    except ValueError as err:  # a bad flag or config: say so before any work starts
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from train import loop  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+
+    from train import input_pipeline  # pylint: disable=g-import-not-at-top
+
+    if not FLAGS.model_dir:
+        print(f"--model_dir not given: using {model_dir}", flush=True)
+    try:
+        loop.run(cfg, mode=FLAGS.mode, model_dir=model_dir, tpu=FLAGS.tpu,
+                 export_dir=FLAGS.export_dir, export_format=FLAGS.export_format,
+                 num_cpu_devices=FLAGS.num_cpu_devices)
+    except input_pipeline.ManualDownloadError as err:  # e.g. imagenet2012: TFDS's instructions
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
