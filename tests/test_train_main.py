@@ -4,6 +4,7 @@ each run is a fresh process (except the mocked ImageNet run, which needs mock_da
 The >= 95% digits accuracy run is marked slow."""
 
 import glob
+import json
 import os
 import re
 import signal
