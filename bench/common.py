@@ -149,6 +149,15 @@ def busy_warning() -> str | None:
     return None
 
 
+def finish(name: str, result: Dict[str, object], table, path: str | None = None):
+    """The end of every benchmark: load warning, JSON written, table and JSON path printed."""
+    result["warning"] = busy_warning()
+    written = write_json(name, result, path)
+    print(table(result))
+    print(f"\nJSON: {written}")
+    return result
+
+
 def write_json(name: str, payload: Dict[str, object], path: str | None = None) -> str:
     payload = dict(payload, load_average_end=[round(x, 2) for x in os.getloadavg()])
     path = path or os.path.join(RESULTS_DIR, f"{name}.json")

@@ -184,11 +184,7 @@ def main(argv=None):
             result.update(sweep(ours, ka, args.size, args.rounds))
     result["ratios"] = ratios(result["results"])
     result["flop_utilisation"] = utilisation(result)
-    result["warning"] = common.busy_warning()
-    path = common.write_json("inference", result, args.output)
-    print(table(result))
-    print(f"\nJSON: {path}")
-    return result
+    return common.finish("inference", result, table, args.output)
 
 
 def ratios(results):

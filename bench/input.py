@@ -150,11 +150,7 @@ def main(argv=None):
     if rate:
         result["ratios_vs_train_step"] = {k: round(v["images_per_sec"] / rate, 2)
                                           for k, v in rows.items()}
-    result["warning"] = common.busy_warning()
-    path = common.write_json("input", result, args.output)
-    print(table(result))
-    print(f"\nJSON: {path}")
-    return result
+    return common.finish("input", result, table, args.output)
 
 
 def table(result):

@@ -141,11 +141,7 @@ def main(argv=None):
     result["flop_utilisation"] = {
         "train_gflop_per_image": round(gflop, 3), "peak_gflops": peak,
         **{n: round(r["images_per_sec"] * gflop / peak, 4) for n, r in rows.items()}}
-    result["warning"] = common.busy_warning()
-    path = common.write_json("train", result, args.output)
-    print(table(result))
-    print(f"\nJSON: {path}")
-    return result
+    return common.finish("train", result, table, args.output)
 
 
 def table(result):

@@ -39,7 +39,7 @@ def resolve_source(source, model_name: str):
     if is_model_dir(source):
         return model_from_model_dir(source)
     if isinstance(source, str) and source.lower() in pretrained.ALIASES:
-        with _float32():
+        with float32_policy():
             model = efficientnet_tf.build_model(model_name, weights=source.lower(),
                                                 classifier_activation=None)
         model.name = source.lower()  # named in "Initialized from imagenet"
@@ -48,8 +48,8 @@ def resolve_source(source, model_name: str):
 
 
 @contextlib.contextmanager
-def _float32():
-    """Builds source models in float32 whatever the run's dtype policy."""
+def float32_policy():
+    """Builds models in float32 whatever the run's dtype policy (init sources, exports)."""
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
@@ -80,7 +80,7 @@ def model_from_model_dir(model_dir: str) -> keras.Model:
     with tf.io.gfile.GFile(os.path.join(model_dir, "run_info.json")) as f:
         num_classes = json.load(f)["num_classes"]
     saved = config_lib.load(os.path.join(model_dir, "config.json"))
-    with _float32():
+    with float32_policy():
         model = efficientnet_tf.build_model(saved.model.name, classes=num_classes,
                                             classifier_activation=None)
     averaged = ema_variables(model)

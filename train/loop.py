@@ -536,14 +536,10 @@ def _export(export_dir, export_format, chief, cfg, model, num_classes, image_siz
     """Exports the (EMA) weights as a float32 model through export/ (chief only)."""
     if not export_dir or not chief:
         return
-    from export import export_model  # pylint: disable=g-import-not-at-top  (checked in main)
+    from export import export_model  # pylint: disable=g-import-not-at-top
 
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")  # exports are float32 whatever trained
-    try:
+    with fine_tune.float32_policy():  # exports are float32 whatever trained
         exported = efficientnet_tf.build_model(cfg.model.name, classes=num_classes)
-    finally:
-        keras.config.set_dtype_policy(policy)
     if swap_ema is not None:
         swap_ema()
     try:

@@ -163,12 +163,8 @@ def check_run(cfg: config_lib.Config, mode: str, model_dir: Optional[str],
     if export_dir and os.path.abspath(export_dir) == os.path.abspath(model_dir):
         raise ValueError("--export_dir must differ from --model_dir")
     if export_dir:
-        try:
-            import export  # pylint: disable=g-import-not-at-top,unused-import
-            export.export_model  # pylint: disable=pointless-statement
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"--export_dir needs the export/ package (export.export_model), "
-                             f"which is not available here: {err}") from None
+        import export  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+
         if export_format not in export.FORMATS:
             raise ValueError(f"--export_format={export_format!r}; valid: {', '.join(export.FORMATS)}")
 
