@@ -194,7 +194,7 @@ def test_fine_tune_imagenet_weights_on_a_photo_tiles(photo_tiles, tmp_path):
         "--config=train.lr_schedule=constant", "--config=train.lr_warmup_epochs=0",
         "--config=runtime.steps_per_loop=8", "--config=eval.every_epochs=null",
         "--config=model.freeze_bn=true", "--config=data.crop_min_area=0.5",
-        "--config=data.seed=0", "--config=runtime.seed=0",
+        "--config=data.seed=0", "--config=runtime.seed=0", "--config=data.deterministic=true",
         f"--export_dir={export_dir}"))
     assert "Initialized from imagenet; the classifier is new" in proc.stdout
     results = read_json(model_dir, "eval_results.json")
