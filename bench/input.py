@@ -5,7 +5,7 @@ against the training step rate of bench.train.
     python -m bench.input                     # B0 recipe at 224 (~1-2 min)
 
 Uses train.input_pipeline.build_dataset (the trainer's own pipeline) on a folder of JPEGs.
-The photos are the ones tests/data/photos.json lists (shipped with scikit-image), scaled to
+The photos are the labelled ones of export/photos.py (shipped with scikit-image), scaled to
 ImageNet's typical size (longer side 500 px) and JPEG-encoded at quality 90. Prints a
 markdown table and writes bench/results/input.json.
 """
@@ -13,7 +13,6 @@ markdown table and writes bench/results/input.json.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
 import sys
@@ -27,7 +26,8 @@ common.setup_environment()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-PHOTOS_JSON = os.path.join(common.REPO_ROOT, "tests", "data", "photos.json")
+from export import photos  # noqa: E402
+
 LONGER_SIDE = 500  # ImageNet train images are mostly 500x375 / 375x500
 JPEG_QUALITY = 90
 
@@ -36,18 +36,15 @@ def write_jpegs(root: str, copies: int = 4) -> list[str]:
     """Writes root/<photo>/<i>.jpg: each listed photo, its longer side scaled to 500 px, as JPEG.
 
     ``copies`` differently cropped versions of each photo, so that sizes vary."""
-    with open(PHOTOS_JSON) as f:
-        photos = json.load(f)["photos"]
     paths = []
-    for photo in photos:
-        resource = importlib.resources.files(photo["package"]).joinpath(photo["resource"])
-        image = tf.io.decode_image(resource.read_bytes(), channels=3, expand_animations=False)
+    for photo in photos.labelled():
+        image = tf.io.decode_image(photo.read_bytes(), channels=3, expand_animations=False)
         height, width = image.shape[:2]
         scale = LONGER_SIDE / max(height, width)
         image = tf.image.resize(image, (round(height * scale), round(width * scale)),
                                 antialias=True)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-        folder = os.path.join(root, photo["name"])
+        folder = os.path.join(root, photo.name)
         os.makedirs(folder, exist_ok=True)
         for i in range(copies):
             h, w = image.shape[:2]
@@ -131,7 +128,7 @@ def main(argv=None):
         "pipeline": "train.input_pipeline.build_dataset(folder, is_training=True, "
                     "resize_method='bicubic', crop_rule='v1', augment_name='randaugment')",
         "randaugment": {"num_layers": args.randaug_layers, "magnitude": args.randaug_magnitude},
-        "images": f"photos of tests/data/photos.json, longer side {LONGER_SIDE}, "
+        "images": f"labelled photos of export/photos.py, longer side {LONGER_SIDE}, "
                   f"JPEG quality {JPEG_QUALITY}", "seconds_per_config": args.seconds}
     with tempfile.TemporaryDirectory() as root:
         paths = write_jpegs(root)

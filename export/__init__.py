@@ -2,11 +2,28 @@
 SavedModel, or TF-Lite. Every export is reloaded and compared with the Keras model before it is
 moved into place.
 
-    from export import export_model
-    result = export_model(model, "/tmp/b0_hub", format="hub")
+    from export import export_model, export_formats
+    result = export_model(model, "/tmp/b0_hub", format="hub")      # DIR holds the format
     print(result.summary())
+    results = export_formats(model, "/tmp/b0", ["hub", "tflite"])   # DIR/hub, DIR/tflite
+    print(summary_table(results))
 
 Command line: ``python -m export.main --help``.
+
+The format protocol (``export/exporter.py``): each format is an :class:`~export.exporter.Exporter`
+with ``name`` (the ``--format`` value), ``layout`` (one line: what is written under DIR),
+``quantize_modes``, ``check(job)`` (ValueError before any work), ``export(job, out_dir)`` (write
+into an empty temporary directory) and ``verify(job, out_dir) -> Verification`` (reload, compare
+with ``job.reference`` on ``job.batch``, return the record of checks; raise VerificationError on
+the first failing one). ``job`` is an :class:`~export.job.ExportJob`: the model, its endpoints
+model, variant, image size, classes, weights description and options. Adding a format: one
+module defining ``EXPORTER = MyExporter()`` and one row in ``export/formats.py`` ``FORMATS``;
+import optional heavy dependencies (a converter, a runtime) inside its methods, so that the
+other formats work without them.
+
+The parts: ``job.py`` (the job and its facts), ``verify.py`` (tolerances, comparisons, check
+records), ``atomic.py`` (temp + rename directories, JSON), ``photos.py`` (the photo catalog),
+``trace.py`` (tracing Keras into TF graphs), ``progress.py`` (console steps).
 """
 
 from __future__ import annotations
@@ -14,24 +31,119 @@ from __future__ import annotations
 import gc
 import os
 import time
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 from absl import logging
 
-from export.common import (FORMATS, INFO_FILENAME, QUANTIZE_MODES, ExportResult, VerificationError,
-                           atomic_export_dir, prepare, reference_batch, reference_outputs, write_json)
+from export.atomic import ExportWriteError, atomic_export_dir, write_json
+from export.exporter import INFO_FILENAME, ExportResult, summary_table
+from export.job import QUANTIZE_MODES, ExportJob, prepare
+from export.verify import VerificationError
 
-LAYOUT = {
-    "hub": "DIR/classification and DIR/feature_vector: TF2 reusable SavedModels for hub.KerasLayer",
-    "hub_tf1": "DIR: TF1 Hub module (tfhub_module.pb; tag sets {} and {'train'})",
-    "saved_model": "DIR/1: SavedModel for TF Serving (tag 'serve'; serving_default, serving_bytes)",
-    "tflite": "DIR/model.tflite (+ labels.txt)",
-}
+ALL = "all"
 
 
-def _check_choice(name, value, valid):
-    if value not in valid:
-        raise ValueError(f"Unknown {name} {value!r}; valid values: {', '.join(str(v) for v in valid)}")
+def __getattr__(name):
+    # The table imports TensorFlow; ``import export.photos`` (benchmarks, tests) should not.
+    if name == "FORMATS":
+        from export.formats import FORMATS
+
+        return FORMATS
+    raise AttributeError(f"module 'export' has no attribute {name!r}")
+
+
+def parse_formats(formats: Union[str, Sequence[str]]) -> List[str]:
+    """``"hub"``, ``"hub,tflite"``, ``"all"`` or a list of names -> the list of format names
+    (unknown names are a ValueError listing the valid ones)."""
+    from export.formats import FORMATS
+
+    names = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    if names == [ALL]:
+        return list(FORMATS)
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names or len(set(names)) != len(names):
+        what = f"Unknown format {unknown[0]!r}" if unknown else f"Bad format list {formats!r}"
+        raise ValueError(f"{what}; valid values: {', '.join(FORMATS)}, a comma-separated list of them "
+                         f"(each once), or {ALL!r}")
+    return names
+
+
+def check_quantize(quantize: Optional[str], names: Sequence[str]) -> None:
+    from export.formats import FORMATS
+
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"Unknown quantize {quantize!r}; valid values: {', '.join(QUANTIZE_MODES)}")
+    takers = [n for n in names if quantize in FORMATS[n].quantize_modes]
+    if not takers:
+        valid = [n for n, e in FORMATS.items() if quantize in e.quantize_modes]
+        raise ValueError(f"quantize={quantize!r} applies to format {' or '.join(map(repr, valid))} only, "
+                         f"not {', '.join(map(repr, names))}")
+
+
+def _export_one(job: ExportJob, name: str, staging: str, final: str) -> ExportResult:
+    """Exports and verifies ``name`` into ``staging`` (an empty directory that becomes ``final``)."""
+    from export.formats import FORMATS
+
+    exporter = FORMATS[name]
+    quantize = job.quantize if job.quantize in exporter.quantize_modes else None
+    started = time.perf_counter()
+    logging.info("Exporting %s as %s to %s (%s)", job.model_name, name, final, exporter.layout)
+    exporter.export(job, staging)
+    gc.collect()
+    try:
+        record = exporter.verify(job, staging)
+    except VerificationError as err:
+        raise VerificationError(f"format {name}: {err}", err.checks) from err
+    gc.collect()  # drop the reloaded objects before the directory moves
+    seconds = time.perf_counter() - started
+    write_json(os.path.join(staging, INFO_FILENAME), dict(
+        job.info(), format=name, layout=exporter.layout, quantize=quantize, export_seconds=round(seconds, 1),
+        verification={"batch": f"{len(job.batch)} images ({len(job.batch) - 1} photographs, 1 noise)",
+                      "max_abs_diff": record.diffs, "limits": record.limits,
+                      "checks": [c.as_json() for c in record.checks], "notes": record.notes}))
+    paths = sorted(os.path.join(final, os.path.relpath(os.path.join(root, f), staging))
+                   for root, _, files in os.walk(staging) for f in files)
+    result = ExportResult(name, final, job.model_name, job.image_size, paths, record.diffs, record.limits,
+                          seconds, quantize, list(record.notes), list(record.checks))
+    logging.info("Exported and verified %s in %.1fs: %s", final, result.seconds, "; ".join(
+        f"{key} max-abs diff {diff:.3g} (limit {limit:.3g})" for key, diff, limit in result.worst.values()))
+    return result
+
+
+def export_formats(model, export_dir: str, formats: Union[str, Sequence[str]] = ALL, *,
+                   model_name: Optional[str] = None, image_size: Optional[int] = None, overwrite: bool = False,
+                   quantize: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
+                   calibration_images: Optional[Sequence] = None, weights: Optional[str] = None
+                   ) -> List[ExportResult]:
+    """Exports ``model`` in several formats at once: ``export_dir/<format>/`` each (the layout
+    ``export_model`` gives DIR), from one prepared model and one verification batch.
+
+    ``formats``: names, a comma-separated string, or ``"all"``. ``quantize`` applies to the
+    formats that quantize (tflite). All formats are written into one temporary directory that is
+    renamed to ``export_dir`` only when every one has been verified: any failure leaves nothing
+    at ``export_dir`` (and a previous export there untouched). Arguments and errors as
+    :func:`export_model`.
+    """
+    from export.formats import FORMATS
+
+    names = parse_formats(formats)
+    check_quantize(quantize, names)
+    job = prepare(model, model_name, image_size, class_names, weights, quantize, calibration_images)
+    for name in names:
+        FORMATS[name].check(job)
+    export_dir = os.path.abspath(os.fspath(export_dir))
+    results = []
+    with atomic_export_dir(export_dir, overwrite) as staging:
+        for name in names:
+            os.mkdir(os.path.join(staging, name))
+            results.append(_export_one(job, name, os.path.join(staging, name), os.path.join(export_dir, name)))
+        write_json(os.path.join(staging, INFO_FILENAME), dict(job.info(), formats={
+            r.format: {"path": r.format, "layout": FORMATS[r.format].layout, "quantize": r.quantize,
+                       "checks_passed": sum(c.passed for c in r.checks), "export_seconds": round(r.seconds, 1)}
+            for r in results}))
+    return results
 
 
 def export_model(model, export_dir: str, format: str = "hub", *, model_name: Optional[str] = None,
@@ -51,52 +163,25 @@ def export_model(model, export_dir: str, format: str = "hub", *, model_name: Opt
     weights: a description of where the weights came from, recorded in ``export_info.json``.
 
     Raises ValueError on bad arguments, FileExistsError when ``export_dir`` exists and not
-    ``overwrite``, VerificationError when the reloaded export does not match the model (nothing is
-    left at ``export_dir`` then).
+    ``overwrite``, VerificationError when the reloaded export does not match the model and
+    ExportWriteError (an OSError) when writing fails, e.g. on a full disk (nothing is left at
+    ``export_dir`` then, and a previous export there is untouched).
     """
-    from export import hub_tf1, hub_tf2, serving, tflite
+    from export.formats import FORMATS
 
-    _check_choice("format", format, FORMATS)
-    if quantize is not None:
-        _check_choice("quantize", quantize, QUANTIZE_MODES)
-        if format != "tflite":
-            raise ValueError(f"quantize={quantize!r} applies to format 'tflite' only, not {format!r}")
-    if calibration_images is not None and quantize is None:
-        raise ValueError("calibration_images are only used with quantize='int8'")
+    if not isinstance(format, str) or format not in FORMATS:
+        raise ValueError(f"Unknown format {format!r}; valid values: {', '.join(FORMATS)} "
+                         "(several at once: export_formats)")
+    check_quantize(quantize, [format])
     started = time.perf_counter()
-    prepared = prepare(model, model_name, image_size, class_names, weights)
+    job = prepare(model, model_name, image_size, class_names, weights, quantize, calibration_images)
+    FORMATS[format].check(job)
     export_dir = os.path.abspath(os.fspath(export_dir))
-    logging.info("Exporting %s as %s to %s (%s)", prepared.model_name, format, export_dir, LAYOUT[format])
-    results, limits, notes = {}, {}, []
     with atomic_export_dir(export_dir, overwrite) as staging:
-        batch = reference_batch(prepared)
-        reference = reference_outputs(prepared, batch)
-        if format == "hub":
-            hub_tf2.export(prepared, staging)
-            hub_tf2.verify(prepared, staging, batch, reference, results, limits)
-        elif format == "hub_tf1":
-            hub_tf1.export(prepared, staging)
-            hub_tf1.verify(prepared, staging, batch, reference, results, limits)
-        elif format == "saved_model":
-            serving.export(prepared, staging)
-            notes += serving.verify(prepared, staging, batch, reference, results, limits)
-        else:
-            tflite.export(prepared, staging, quantize, calibration_images)
-            notes += tflite.verify(prepared, staging, batch, reference, results, limits, quantize)
-        gc.collect()  # drop the reloaded objects before the directory moves
-        seconds = time.perf_counter() - started
-        write_json(os.path.join(staging, INFO_FILENAME), dict(
-            prepared.info(), format=format, layout=LAYOUT[format], quantize=quantize, export_seconds=round(seconds, 1),
-            verification={"batch": f"{len(batch)} images ({len(batch) - 1} photographs, 1 noise)",
-                          "max_abs_diff": results, "limits": limits}))
-        paths = sorted(os.path.relpath(os.path.join(root, f), staging)
-                       for root, _, files in os.walk(staging) for f in files)
-    result = ExportResult(format, export_dir, prepared.model_name, prepared.image_size,
-                          [os.path.join(export_dir, p) for p in paths], results, limits,
-                          time.perf_counter() - started, quantize, notes)
-    logging.info("Exported and verified %s in %.1fs: %s", export_dir, result.seconds, "; ".join(
-        f"{key} max-abs diff {diff:.3g} (limit {limit:.3g})" for key, diff, limit in result.worst.values()))
+        result = _export_one(job, format, staging, export_dir)
+    result.seconds = time.perf_counter() - started
     return result
 
 
-__all__ = ["ExportResult", "FORMATS", "QUANTIZE_MODES", "VerificationError", "export_model"]
+__all__ = ["ExportJob", "ExportResult", "ExportWriteError", "FORMATS", "QUANTIZE_MODES", "VerificationError",
+           "export_formats", "export_model", "parse_formats", "summary_table"]

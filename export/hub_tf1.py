@@ -28,7 +28,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from export import common, hub_protos
+from export import hub_protos, progress, trace
+from export.exporter import Exporter
+from export.job import ExportJob
+from export.verify import TF_TOLERANCE, Tolerance, Verification
 
 TAG_SETS = ((), ("train",))
 _NOT_UPDATES = ("ReadVariableOp", "NoOp")
@@ -50,12 +53,12 @@ def _signature(images, outputs: Dict[str, tf.Tensor], default: str):
         method_name=tf.saved_model.PREDICT_METHOD_NAME)
 
 
-def _build_graph(prepared: common.PreparedModel, training: bool, names: Dict[int, str]):
+def _build_graph(job: ExportJob, training: bool, names: Dict[int, str]):
     """(graph, variables by id, signature map) of one MetaGraph."""
-    endpoints = prepared.endpoints
-    spec = prepared.input_spec()
-    with common.step(f"hub_tf1: tracing the {'train' if training else 'inference'} graph"):
-        with common.plain_swish():
+    endpoints = job.endpoints
+    spec = job.input_spec()
+    with progress.step(f"hub_tf1: tracing the {'train' if training else 'inference'} graph"):
+        with trace.plain_swish():
             def run(images):
                 return endpoints(images, training=training)
             traced = tf.function(run, autograph=False).get_concrete_function(spec)
@@ -65,13 +68,13 @@ def _build_graph(prepared: common.PreparedModel, training: bool, names: Dict[int
 
     graph = tf.Graph()
     with graph.as_default():
-        images = tf.compat.v1.placeholder(tf.float32, [None, *prepared.input_hw, 3], name="images")
+        images = tf.compat.v1.placeholder(tf.float32, [None, *job.input_hw, 3], name="images")
         variables = {}
         for var in endpoints.variables:
             variables[id(var)] = tf.compat.v1.get_variable(
                 names[id(var)], shape=var.shape, dtype=var.dtype, trainable=var.trainable,
                 initializer=tf.compat.v1.zeros_initializer(), use_resource=True)
-        input_map = {func_graph.inputs[0].name: common.checked_images(images, prepared.input_hw)}
+        input_map = {func_graph.inputs[0].name: trace.checked_images(images, job.input_hw)}
         for external, internal in func_graph.captures:
             var = by_handle.get(id(external))
             if var is not None:
@@ -91,7 +94,7 @@ def _build_graph(prepared: common.PreparedModel, training: bool, names: Dict[int
         with tf.control_dependencies(updates):
             outputs = {k: tf.identity(t, name=k) for k, t in zip(keys, imported[:len(keys)])}
         tf.compat.v1.add_to_collection(hub_protos.ATTACHMENT_COLLECTION, hub_protos.image_module_info_attachment(
-            prepared.image_size, prepared.image_size))
+            job.image_size, job.image_size))
         signatures = {"image_feature_vector": _signature(images, outputs, "pooled_features")}
         if "logits" in outputs:
             signatures["image_classification"] = _signature(images, outputs, "logits")
@@ -101,14 +104,14 @@ def _build_graph(prepared: common.PreparedModel, training: bool, names: Dict[int
     return graph, variables, signatures
 
 
-def export(prepared: common.PreparedModel, staging_dir: str) -> List[str]:
+def export(job: ExportJob, staging_dir: str) -> List[str]:
     """Writes the module into ``staging_dir`` (which must be empty)."""
-    names = common.variable_names(prepared.endpoints)
-    values = {id(v): np.asarray(v.numpy()) for v in prepared.endpoints.variables}
+    names = trace.variable_names(job.endpoints)
+    values = {id(v): np.asarray(v.numpy()) for v in job.endpoints.variables}
     builder = tf.compat.v1.saved_model.Builder(staging_dir)
     for tags in TAG_SETS:
-        graph, variables, signatures = _build_graph(prepared, bool(tags), names)
-        with common.step(f"hub_tf1: writing the MetaGraph for tags {set(tags) or '{}'}"):
+        graph, variables, signatures = _build_graph(job, bool(tags), names)
+        with progress.step(f"hub_tf1: writing the MetaGraph for tags {set(tags) or '{}'}"):
             with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
                 # One run sets every variable by feeding its initial value.
                 session.run([v.initializer for v in variables.values()],
@@ -145,45 +148,130 @@ def graph_variable_names(meta_graph) -> List[str]:
     return sorted(names)
 
 
-def verify(prepared: common.PreparedModel, staging_dir: str, batch: np.ndarray,
-           reference: Dict[str, np.ndarray], results: Dict[str, float], limits: Dict[str, float]) -> None:
-    """Checks the file layout, then reloads both MetaGraphs as hub.load does."""
+def update_targets(meta_graph) -> List[str]:
+    """Names of the variables the UPDATE_OPS of ``meta_graph`` assign, one entry per op."""
+    nodes = {node.name: node for node in meta_graph.graph_def.node}
+    collection = meta_graph.collection_def.get(tf.compat.v1.GraphKeys.UPDATE_OPS)
+    targets = []
+    for name in (collection.node_list.value if collection else []):
+        node = nodes[name.split(":")[0]]
+        while node.op != "VarHandleOp" and node.input:  # follow Identity/ReadVariable chains
+            node = nodes[node.input[0].lstrip("^").split(":")[0]]
+        targets.append(node.name)
+    return targets
+
+
+def _first_batch_norm(model):
+    """The first BatchNormalization (the stem's): its input does not depend on training mode."""
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            return layer
+    raise ValueError(f"{model.name!r} has no BatchNormalization layer")
+
+
+def _check_files(job: ExportJob, staging_dir: str, record: Verification):
+    """Module format, tag sets, variable names, image size and update ops; returns the MetaGraphs."""
     with open(os.path.join(staging_dir, hub_protos.MODULE_DEF_FILENAME), "rb") as f:
-        if hub_protos.parse_module_def(f.read()).format != hub_protos.FORMAT_V3:
-            raise common.VerificationError("tfhub_module.pb is not ModuleDef FORMAT_V3")
+        record.equal("tf1/tfhub_module.pb format", hub_protos.parse_module_def(f.read()).format,
+                     hub_protos.FORMAT_V3, "tfhub_module.pb is not ModuleDef FORMAT_V3")
     graphs = read_meta_graphs(staging_dir)
-    if set(graphs) != {frozenset(t) for t in TAG_SETS}:
-        raise common.VerificationError(f"Expected tag sets {TAG_SETS}, found {[sorted(t) for t in graphs]}")
-    expected_names = sorted(common.variable_names(prepared.endpoints).values())
+    record.equal("tf1/tag sets", sorted(sorted(t) for t in graphs), sorted(sorted(t) for t in TAG_SETS),
+                 f"Expected tag sets {TAG_SETS}, found {[sorted(t) for t in graphs]}")
+    names = trace.variable_names(job.endpoints)
     for tags, meta_graph in graphs.items():
-        if graph_variable_names(meta_graph) != expected_names:
-            raise common.VerificationError(f"Variables of the MetaGraph {sorted(tags)} differ from the model's")
+        label = "train" if tags else "inference"
+        record.equal(f"tf1/{label}/variables", graph_variable_names(meta_graph), sorted(names.values()),
+                     f"Variables of the MetaGraph {sorted(tags)} differ from the model's")
         info = hub_protos.read_attachments(meta_graph).get(hub_protos.IMAGE_MODULE_INFO_KEY)
         size = hub_protos.parse_image_module_info(info).default_image_size if info else None
-        if size is None or (size.height, size.width) != (prepared.image_size, prepared.image_size):
-            raise common.VerificationError(f"MetaGraph {sorted(tags)}: image_module_info is {size}")
+        record.equal(f"tf1/{label}/image_module_info", (size.height, size.width) if size else None,
+                     (job.image_size, job.image_size), f"MetaGraph {sorted(tags)}: image_module_info is {size}")
+    # Every moving statistic is assigned by exactly one update op of the train graph, and none
+    # in the inference graph (other updates, e.g. dropout seed states, are allowed).
+    statistics = sorted(names[id(v)] for layer in job.endpoints.layers if type(layer).__name__ == "BatchNormalization"
+                        for v in (layer.moving_mean, layer.moving_variance))
+    for tags, meta_graph in graphs.items():
+        targets = update_targets(meta_graph)
+        assigned = sorted(t for t in targets if t in set(statistics))
+        expected = statistics if tags else []
+        record.equal(f"tf1/{'train' if tags else 'inference'}/moving statistics in UPDATE_OPS", len(assigned),
+                     len(expected), f"MetaGraph {sorted(tags)}: the UPDATE_OPS assign {len(assigned)} moving "
+                     f"statistics, expected each of the {len(expected)} once "
+                     f"(missing: {sorted(set(expected) - set(assigned))[:5]})")
+        if assigned != expected:
+            record.equal(f"tf1/{'train' if tags else 'inference'}/UPDATE_OPS targets", assigned, expected)
+    return graphs
 
-    images = tf.constant(batch)
+
+def verify(job: ExportJob, staging_dir: str) -> Verification:
+    """Checks the file layout and update ops, then reloads both MetaGraphs as hub.load does: the
+    inference graph reproduces the Keras model and changes no statistic; one run of the train
+    graph moves the stem's batch-norm statistics exactly as the momentum rule says.
+
+    The train-graph check holds for every correct module: a statistic that the batch cannot move
+    (a channel whose batch mean equals its moving mean, e.g. a dead ReLU6 channel at 0) is
+    expected not to move."""
+    record = Verification(HubTF1Exporter.name)
+    _check_files(job, staging_dir, record)
+    names = trace.variable_names(job.endpoints)
+    images = tf.constant(job.batch)
     defaults = {"default": "logits", "image_classification": "logits", "image_feature_vector": "pooled_features"}
-    if not prepared.num_classes:
+    if not job.num_classes:
         defaults["default"] = "pooled_features"
-    for tags in TAG_SETS:
-        label = "train" if tags else "inference"
-        with common.step(f"hub_tf1: reloading the {label} MetaGraph and running it"):
-            loaded = tf.compat.v1.saved_model.load_v2(staging_dir, tags=list(tags))
-            stats = [v for v in loaded.variables if "moving_mean" in v.name]
-            before = [v.numpy() for v in stats]
-            for name, signature in loaded.signatures.items():
-                outputs = signature(images=images)
-                if tags:
-                    continue  # batch statistics and dropout: no reference; checked below
-                for key, value in outputs.items():
-                    expected = reference[defaults[name] if key == "default" else key]
-                    common.check_close(results, limits, f"tf1/{name}/{key}", expected, value, common.TF_TOLERANCE)
-            changed = sum(not np.array_equal(b, v.numpy()) for b, v in zip(before, stats))
-            if tags and changed != len(stats):
-                raise common.VerificationError(f"The train graph updated {changed} of {len(stats)} moving means")
-            if not tags and changed:
-                raise common.VerificationError(f"The inference graph changed {changed} moving means")
-            logging.info("hub_tf1: %s graph: %d of %d moving means changed by running it", label, changed, len(stats))
-            del loaded
+    with progress.step("hub_tf1: reloading the inference MetaGraph and running it"):
+        loaded = tf.compat.v1.saved_model.load_v2(staging_dir, tags=[])
+        before = [v.numpy() for v in loaded.variables]
+        for name, signature in loaded.signatures.items():
+            for key, value in signature(images=images).items():
+                expected = job.reference[defaults[name] if key == "default" else key]
+                record.close(f"tf1/{name}/{key}", expected, value, TF_TOLERANCE)
+        changed = sum(not np.array_equal(b, v.numpy()) for b, v in zip(before, loaded.variables))
+        record.equal("tf1/inference/variables changed by running it", changed, 0,
+                     f"The inference graph changed {changed} variables")
+        del loaded
+
+    bn = _first_batch_norm(job.endpoints)
+    stem = {"moving_mean": names[id(bn.moving_mean)], "moving_variance": names[id(bn.moving_variance)]}
+    # A batch unlike the verification one (mirrored), so that it differs from any calibration
+    # batch the statistics may come from; the expected update is exact either way.
+    train_batch = np.ascontiguousarray(job.batch[:, :, ::-1])
+    import keras
+
+    bn_input = np.asarray(keras.Model(job.endpoints.input, bn.input)(train_batch, training=False), np.float64)
+    batch_stats = {"moving_mean": bn_input.mean(axis=(0, 1, 2)), "moving_variance": bn_input.var(axis=(0, 1, 2))}
+    with progress.step("hub_tf1: reloading the train MetaGraph and running it"):
+        loaded = tf.compat.v1.saved_model.load_v2(staging_dir, tags=["train"])
+        variables = {v.name.split(":")[0]: v for v in loaded.variables}
+        old = {k: variables[n].numpy().astype(np.float64) for k, n in stem.items()}
+        statistics = [v for v in loaded.variables if "moving_" in v.name]
+        before = [v.numpy() for v in statistics]
+        outputs = loaded.signatures["image_feature_vector"](images=tf.constant(train_batch))
+        del outputs
+        for key, name in stem.items():
+            expected = bn.momentum * old[key] + (1.0 - bn.momentum) * batch_stats[key]
+            # Limit relative to the size of the statistic (the update moves it by 1 - momentum).
+            record.close(f"tf1/train/{name} after one step", expected, variables[name].numpy(),
+                         Tolerance(rtol=1e-4, atol=1e-6))
+        changed = sum(not np.array_equal(b, v.numpy()) for b, v in zip(before, statistics))
+        record.notes.append(f"hub_tf1: one run of the train graph moved {changed} of {len(statistics)} "
+                            "moving statistics (those the batch moves)")
+        for name, signature in loaded.signatures.items():
+            finite = all(bool(np.all(np.isfinite(v))) for v in signature(images=images).values())
+            record.equal(f"tf1/train/{name} outputs finite", finite, True)
+        logging.info("%s", record.notes[-1])
+        del loaded
+    return record
+
+
+class HubTF1Exporter(Exporter):
+    name = "hub_tf1"
+    layout = "DIR: TF1 Hub module (tfhub_module.pb; tag sets {} and {'train'})"
+
+    def export(self, job: ExportJob, out_dir: str) -> None:
+        export(job, out_dir)
+
+    def verify(self, job: ExportJob, out_dir: str) -> Verification:
+        return verify(job, out_dir)
+
+
+EXPORTER = HubTF1Exporter()

@@ -20,10 +20,13 @@ import os
 import tempfile
 from typing import Dict, List
 
-import numpy as np
 import tensorflow as tf
 
-from export import common
+from export import progress, trace
+from export.exporter import Exporter
+from export.atomic import write_json
+from export.job import ExportJob
+from export.verify import TF_TOLERANCE, Verification
 
 MODULES = ("classification", "feature_vector")
 INFO_ASSET = "efficientnet_info.json"
@@ -35,25 +38,25 @@ def _trace_endpoints(endpoints_model, spec) -> Dict[bool, object]:
     input_hw = tuple(spec.shape[1:3])
     for training in (False, True):
         def run(images, training=training):
-            return endpoints_model(common.checked_images(images, input_hw), training=training)
+            return endpoints_model(trace.checked_images(images, input_hw), training=training)
         run.__name__ = f"endpoints_training_{str(training).lower()}"
         traced[training] = tf.function(run, autograph=False).get_concrete_function(spec)
     return traced
 
 
-def _build_module(prepared: common.PreparedModel, kind: str, info_path: str):
+def _build_module(job: ExportJob, kind: str, info_path: str):
     """The root object of one module; only cheap wrapper functions are left for save() to trace."""
-    endpoints_model = prepared.endpoints if kind == "classification" else prepared.feature_endpoints
+    endpoints_model = job.endpoints if kind == "classification" else job.feature_endpoints
     head = "logits" if kind == "classification" else "pooled_features"
-    spec = prepared.input_spec()
-    with common.step(f"hub/{kind}: tracing the network for training=False and training=True"):
-        with common.plain_swish():
+    spec = job.input_spec()
+    with progress.step(f"hub/{kind}: tracing the network for training=False and training=True"):
+        with trace.plain_swish():
             traced = _trace_endpoints(endpoints_model, spec)
 
     module = tf.__internal__.tracking.AutoTrackable()
     keras_model = endpoints_model
-    module.variables = common.tf_variables(keras_model.variables)
-    module.trainable_variables = common.tf_variables(keras_model.trainable_variables)
+    module.variables = trace.tf_variables(keras_model.variables)
+    module.trainable_variables = trace.tf_variables(keras_model.trainable_variables)
     module.regularization_losses = []
 
     def call(images, training=False):
@@ -81,56 +84,70 @@ def _build_module(prepared: common.PreparedModel, kind: str, info_path: str):
     signatures["serving_default"] = signatures["image_classification" if kind == "classification"
                                                else "image_feature_vector"]
 
-    size = prepared.image_size
+    size = job.image_size
     module.default_image_size = tf.function(lambda: tf.constant([size, size], tf.int32), autograph=False)
     module.default_image_size.get_concrete_function()
     module.efficientnet_info = tf.saved_model.Asset(info_path)
     return module, signatures
 
 
-def export(prepared: common.PreparedModel, staging_dir: str) -> List[str]:
+def export(job: ExportJob, staging_dir: str) -> List[str]:
     """Writes ``staging_dir/classification`` (when the model has a classifier) and
     ``staging_dir/feature_vector``."""
-    kinds = MODULES if prepared.num_classes else ("feature_vector",)
+    kinds = MODULES if job.num_classes else ("feature_vector",)
     paths = []
     with tempfile.TemporaryDirectory() as scratch:
         info_path = os.path.join(scratch, INFO_ASSET)
         for kind in kinds:
-            info = dict(prepared.info(), format="hub (TF2 reusable SavedModel)", module=kind,
+            info = dict(job.info(), format="hub (TF2 reusable SavedModel)", module=kind,
                         call_output="logits" if kind == "classification" else "pooled_features")
-            common.write_json(info_path, info)
-            module, signatures = _build_module(prepared, kind, info_path)
+            write_json(info_path, info)
+            module, signatures = _build_module(job, kind, info_path)
             path = os.path.join(staging_dir, kind)
-            with common.step(f"hub/{kind}: writing the SavedModel"), common.quiet_absl():
+            with progress.step(f"hub/{kind}: writing the SavedModel"), progress.quiet_absl():
                 tf.saved_model.save(module, path, signatures=signatures)
             paths.append(path)
     return paths
 
 
-def verify(prepared: common.PreparedModel, staging_dir: str, batch: np.ndarray,
-           reference: Dict[str, np.ndarray], results: Dict[str, float], limits: Dict[str, float]) -> None:
+def verify(job: ExportJob, staging_dir: str) -> Verification:
     """Reloads each module and compares __call__, every signature output and the size."""
-    for kind in (MODULES if prepared.num_classes else ("feature_vector",)):
+    record = Verification(HubExporter.name)
+    images = tf.constant(job.batch)
+    for kind in (MODULES if job.num_classes else ("feature_vector",)):
         path = os.path.join(staging_dir, kind)
-        with common.step(f"hub/{kind}: reloading and comparing"):
+        with progress.step(f"hub/{kind}: reloading and comparing"):
             loaded = tf.saved_model.load(path)
             head = "logits" if kind == "classification" else "pooled_features"
-            images = tf.constant(batch)
-            common.check_close(results, limits, f"{kind}/__call__", reference[head],
-                               loaded(images, training=False), common.TF_TOLERANCE)
+            record.close(f"{kind}/__call__", job.reference[head], loaded(images, training=False), TF_TOLERANCE)
             defaults = {"image_classification": "logits", "image_feature_vector": "pooled_features",
                         "serving_default": head}
             for name, signature in loaded.signatures.items():
                 outputs = signature(images=images)
                 for key, value in outputs.items():
-                    expected = reference[defaults[name] if key == "default" else key]
-                    common.check_close(results, limits, f"{kind}/{name}/{key}", expected, value, common.TF_TOLERANCE)
+                    expected = job.reference[defaults[name] if key == "default" else key]
+                    record.close(f"{kind}/{name}/{key}", expected, value, TF_TOLERANCE)
             size = loaded.default_image_size().numpy().tolist()
-            if size != [prepared.image_size] * 2:
-                raise common.VerificationError(f"{kind}: default_image_size() is {size}")
+            record.equal(f"{kind}/default_image_size", size, [job.image_size] * 2,
+                         f"{kind}: default_image_size() is {size}")
             counts = (len(loaded.trainable_variables), len(loaded.variables))
-            model = prepared.endpoints if kind == "classification" else prepared.feature_endpoints
-            if counts != (len(model.trainable_variables), len(model.variables)):
-                raise common.VerificationError(f"{kind}: reloaded module has {counts} (trainable, all) variables, "
-                                               f"the model {len(model.trainable_variables), len(model.variables)}")
+            model = job.endpoints if kind == "classification" else job.feature_endpoints
+            expected_counts = (len(model.trainable_variables), len(model.variables))
+            record.equal(f"{kind}/variables (trainable, all)", counts, expected_counts,
+                         f"{kind}: reloaded module has {counts} (trainable, all) variables, the model {expected_counts}")
             del loaded
+    return record
+
+
+class HubExporter(Exporter):
+    name = "hub"
+    layout = "DIR/classification and DIR/feature_vector: TF2 reusable SavedModels for hub.KerasLayer"
+
+    def export(self, job: ExportJob, out_dir: str) -> None:
+        export(job, out_dir)
+
+    def verify(self, job: ExportJob, out_dir: str) -> Verification:
+        return verify(job, out_dir)
+
+
+EXPORTER = HubExporter()

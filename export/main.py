@@ -1,14 +1,17 @@
 r"""Exports an EfficientNet as TF-Hub modules, a TF Serving SavedModel or TF-Lite, verified.
 
     python -m export.main --model_name=efficientnet-b2 --weights=SOURCE --export_dir=DIR \
-        [--format=hub|hub_tf1|saved_model|tflite] [--quantize=int8] [--num_classes=1000] \
+        [--format=hub|hub_tf1|saved_model|tflite|LIST|all] [--quantize=int8] [--num_classes=1000] \
         [--image_size=N] [--labels=FILE] [--calibration_images=GLOB] [--overwrite]
 
 SOURCE is anything ``efficientnet_tf.load_weights`` accepts (``imagenet``, a Keras/.h5 file, an
 official TF checkpoint, a PyTorch state dict, a training checkpoint). Without --weights the
 export holds freshly initialized weights (a warning says so). The export is written next to DIR,
 reloaded, compared with the Keras model on a fixed batch (the max-abs differences are printed;
-a mismatch fails with exit status 1) and only then renamed to DIR.
+a mismatch fails with exit status 1) and only then renamed to DIR. Several formats
+(``--format=hub,tflite`` or ``--format=all``) share one model build and weight load and go to
+DIR/<format>/, all renamed into place together once every one is verified; a summary table
+follows. A write failure (disk full) also exits with status 1 and leaves nothing at DIR.
 """
 
 from __future__ import annotations
@@ -23,18 +26,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 import efficientnet_tf  # noqa: E402
-from export import common  # noqa: E402
+from export.formats import FORMATS  # noqa: E402
+from export.atomic import ExportWriteError  # noqa: E402
+from export.job import QUANTIZE_MODES  # noqa: E402
+from export.verify import VerificationError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model_name", None, efficientnet_tf.list_models(), "The variant to export.")
 flags.DEFINE_string("weights", None, "Weights source for efficientnet_tf.load_weights (default: none, "
                     "i.e. freshly initialized weights).")
 flags.DEFINE_string("export_dir", None, "Output directory (must not exist unless --overwrite).")
-flags.DEFINE_enum("format", "hub", list(common.FORMATS), "What to write: hub = TF2 hub modules "
-                  "DIR/classification + DIR/feature_vector; hub_tf1 = TF1 Hub module; saved_model = "
-                  "TF Serving DIR/1; tflite = DIR/model.tflite.")
+flags.DEFINE_string("format", "hub", f"<{'|'.join(FORMATS)}>, a comma-separated list of them, or all "
+                    "(several formats: DIR/<format>/ each). " + "; ".join(
+                        f"{name} = {exporter.layout}" for name, exporter in FORMATS.items()) + ".")
 flags.DEFINE_integer("num_classes", 1000, "Classifier outputs (must match the weights).", lower_bound=1)
-flags.DEFINE_enum("quantize", None, list(common.QUANTIZE_MODES), "tflite only: int8 = full-integer "
+flags.DEFINE_enum("quantize", None, list(QUANTIZE_MODES), "tflite only: int8 = full-integer "
                   "quantization calibrated on real photographs.")
 flags.DEFINE_integer("image_size", None, "Input size to document and verify at (default: the variant's "
                      "resolution); the TF-Lite input size.", lower_bound=32)
@@ -44,6 +50,19 @@ flags.DEFINE_multi_string("calibration_images", None, "Image files or globs for 
                           "(default: the photographs shipped in installed packages).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir once the new export is verified.")
 flags.mark_flags_as_required(["model_name", "export_dir"])
+
+
+def _valid_formats(value: str) -> bool:
+    from export import parse_formats
+
+    try:
+        parse_formats(value)
+    except ValueError as err:
+        raise flags.ValidationError(f"{err} (<{'|'.join(FORMATS)}>)") from None
+    return True
+
+
+flags.register_validator("format", _valid_formats)
 
 FRESH_WEIGHTS_WARNING = """
 ======================================================================
@@ -69,8 +88,10 @@ def run(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from efficientnet_tf.labels import read_labels
-    from export import export_model
+    from export import check_quantize, export_formats, export_model, parse_formats, summary_table
 
+    formats = parse_formats(FLAGS.format)
+    check_quantize(FLAGS.quantize, formats)  # before any work
     class_names = read_labels(FLAGS.labels) if FLAGS.labels else None
     calibration = _calibration_files(FLAGS.calibration_images)
     started = time.perf_counter()
@@ -86,18 +107,26 @@ def run(argv) -> int:
         print(FRESH_WEIGHTS_WARNING, file=sys.stderr)
         logging.warning("Exporting freshly initialized weights (no --weights)")
         weights = "none (freshly initialized)"
-    result = export_model(model, FLAGS.export_dir, FLAGS.format, model_name=FLAGS.model_name,
-                          image_size=FLAGS.image_size, overwrite=FLAGS.overwrite, quantize=FLAGS.quantize,
-                          class_names=class_names, calibration_images=calibration, weights=weights)
-    print(result.summary())
+    options = dict(model_name=FLAGS.model_name, image_size=FLAGS.image_size, overwrite=FLAGS.overwrite,
+                   quantize=FLAGS.quantize, class_names=class_names, calibration_images=calibration, weights=weights)
+    if FLAGS.format in FORMATS:  # one format named: DIR holds it
+        print(export_model(model, FLAGS.export_dir, FLAGS.format, **options).summary())
+        return 0
+    results = export_formats(model, FLAGS.export_dir, formats, **options)
+    for result in results:
+        print(result.summary())
+    print(summary_table(results))
     return 0
 
 
 def main(argv) -> int:
     try:
         return run(argv)
-    except common.VerificationError as err:
+    except VerificationError as err:
         print(f"error: verification failed, nothing was written to {FLAGS.export_dir}: {err}", file=sys.stderr)
+        return 1
+    except ExportWriteError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

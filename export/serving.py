@@ -14,40 +14,39 @@ request with InvalidArgument naming the position in the batch; the model keeps s
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import List
 
-import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf.fast import FoldedModel
 from efficientnet_tf.preprocessing import eval_config, preprocess_bytes, preprocess_bytes_batch
-from export import common
+from export import photos, progress, trace
+from export.exporter import Exporter
+from export.job import ExportJob
+from export.verify import TF_TOLERANCE, Verification
 
 VERSION = "1"
 TOP_K = 5
 
 
-def _build(prepared: common.PreparedModel):
-    if not prepared.num_classes:
-        raise ValueError("Format saved_model serves a classifier; the model has none (include_top=False). "
-                         "Use format 'hub' for feature vectors.")
-    config = eval_config(prepared.model_name, prepared.image_size)
-    spec = prepared.input_spec()
-    with common.step("saved_model: folding batch norm and tracing the network"):
+def _build(job: ExportJob):
+    config = eval_config(job.model_name, job.image_size)
+    spec = job.input_spec()
+    with progress.step("saved_model: folding batch norm and tracing the network"):
         # Inference only: BN folded into the convolutions (efficientnet_tf.fast), ~1.5x the
         # Keras graph's throughput on CPU (README "Benchmarks"), same outputs up to rounding.
-        folded = FoldedModel(prepared.endpoints)
+        folded = FoldedModel(job.endpoints)
 
         def logits_fn(images):
-            return folded.forward(common.checked_images(images, prepared.input_hw))["logits"]
+            return folded.forward(trace.checked_images(images, job.input_hw))["logits"]
         logits = tf.function(logits_fn, autograph=False).get_concrete_function(spec)
-    class_names = tf.constant(list(prepared.class_names))
-    k = min(TOP_K, prepared.num_classes)
+    class_names = tf.constant(list(job.class_names))
+    k = min(TOP_K, job.num_classes)
 
     def heads(images):
         # An empty batch would reach a batch-norm kernel that rejects it; answer it directly.
         scores = tf.cond(tf.shape(images)[0] > 0, lambda: logits(images),
-                         lambda: tf.zeros([0, prepared.num_classes], tf.float32))
+                         lambda: tf.zeros([0, job.num_classes], tf.float32))
         probabilities = tf.nn.softmax(scores, axis=-1)
         top = tf.math.top_k(probabilities, k=k)
         return {"probabilities": probabilities, "classes": top.indices, "scores": top.values,
@@ -62,7 +61,7 @@ def _build(prepared: common.PreparedModel):
     module = tf.__internal__.tracking.AutoTrackable()
     module.folded = folded
     module.variables = list(folded.folded_variables.values())
-    size = prepared.image_size
+    size = job.image_size
     module.default_image_size = tf.function(lambda: tf.constant([size, size], tf.int32), autograph=False)
     module.default_image_size.get_concrete_function()
     signatures = {
@@ -73,53 +72,76 @@ def _build(prepared: common.PreparedModel):
     return module, signatures
 
 
-def export(prepared: common.PreparedModel, staging_dir: str) -> List[str]:
-    module, signatures = _build(prepared)
+def export(job: ExportJob, staging_dir: str) -> List[str]:
+    SavedModelExporter().check(job)
+    module, signatures = _build(job)
     path = os.path.join(staging_dir, VERSION)
-    with common.step("saved_model: writing the SavedModel"):
-        with common.quiet_absl():
+    with progress.step("saved_model: writing the SavedModel"):
+        with progress.quiet_absl():
             tf.saved_model.save(module, path, signatures=signatures)
     return [path]
 
 
-def verify(prepared: common.PreparedModel, staging_dir: str, batch: np.ndarray,
-           reference: Dict[str, np.ndarray], results: Dict[str, float], limits: Dict[str, float]) -> List[str]:
+def verify(job: ExportJob, staging_dir: str) -> Verification:
     """Float signature against Keras; bytes signature against the float one on real photographs;
     a corrupt request fails cleanly and the next one is still served."""
-    notes = []
-    with common.step("saved_model: reloading and comparing"):
+    record = Verification(SavedModelExporter.name)
+    with progress.step("saved_model: reloading and comparing"):
         loaded = tf.saved_model.load(os.path.join(staging_dir, VERSION), tags=["serve"])
-        expected = tf.nn.softmax(reference["logits"], axis=-1).numpy()
-        outputs = loaded.signatures["serving_default"](images=tf.constant(batch))
-        common.check_close(results, limits, "serving_default/probabilities", expected,
-                           outputs["probabilities"], common.TF_TOLERANCE)
+        expected = tf.nn.softmax(job.reference["logits"], axis=-1).numpy()
+        outputs = loaded.signatures["serving_default"](images=tf.constant(job.batch))
+        record.close("serving_default/probabilities", expected, outputs["probabilities"], TF_TOLERANCE)
         top1 = outputs["classes"].numpy()[:, 0]
-        if not np.array_equal(top1, outputs["probabilities"].numpy().argmax(-1)):
-            raise common.VerificationError(f"serving_default classes {top1} are not the most probable ones")
+        record.equal("serving_default/classes are the most probable", top1.tolist(),
+                     outputs["probabilities"].numpy().argmax(-1).tolist(),
+                     f"serving_default classes {top1} are not the most probable ones")
 
-        photos = common.sample_photos()
-        if photos:
-            config = eval_config(prepared.model_name, prepared.image_size)
-            encoded = tf.constant([data for _, data in photos])
+        found = photos.load()
+        if found:
+            config = eval_config(job.model_name, job.image_size)
+            encoded = tf.constant([data for _, data in found])
             by_bytes = loaded.signatures["serving_bytes"](image_bytes=encoded)
-            images = tf.stack([preprocess_bytes(data, config) for _, data in photos])
+            images = tf.stack([preprocess_bytes(data, config) for _, data in found])
             by_float = loaded.signatures["serving_default"](images=images)
-            common.check_close(results, limits, "serving_bytes/probabilities", by_float["probabilities"],
-                               by_bytes["probabilities"], common.TF_TOLERANCE)
-            if not np.array_equal(by_bytes["classes"].numpy()[:, 0], by_float["classes"].numpy()[:, 0]):
-                raise common.VerificationError("serving_bytes and serving_default disagree on the top-1 class")
+            record.close("serving_bytes/probabilities", by_float["probabilities"], by_bytes["probabilities"],
+                         TF_TOLERANCE)
+            record.equal("serving_bytes/top-1 = serving_default top-1", by_bytes["classes"].numpy()[:, 0].tolist(),
+                         by_float["classes"].numpy()[:, 0].tolist(),
+                         "serving_bytes and serving_default disagree on the top-1 class")
             names = [n.decode() for n in by_bytes["class_names"].numpy()[:, 0]]
-            notes.append("serving_bytes top-1: " + ", ".join(
-                f"{photo}={name}" for (photo, _), name in zip(photos, names)))
+            record.notes.append("serving_bytes top-1: " + ", ".join(
+                f"{photo}={name}" for (photo, _), name in zip(found, names)))
             try:
-                loaded.signatures["serving_bytes"](image_bytes=tf.constant([photos[0][1], b"not an image"]))
+                loaded.signatures["serving_bytes"](image_bytes=tf.constant([found[0][1], b"not an image"]))
+                message = None
             except tf.errors.InvalidArgumentError as err:
-                if "is not an image" not in err.message:
-                    raise common.VerificationError(f"Unclear error for non-image bytes: {err.message}") from err
-            else:
-                raise common.VerificationError("serving_bytes accepted bytes that are not an image")
+                message = err.message
+            record.equal("serving_bytes/non-image bytes rejected", message is not None, True,
+                         "serving_bytes accepted bytes that are not an image")
+            record.equal("serving_bytes/non-image error names it", "is not an image" in message, True,
+                         f"Unclear error for non-image bytes: {message}")
             again = loaded.signatures["serving_bytes"](image_bytes=encoded[:1])
-            common.check_close(results, limits, "serving_bytes/after_bad_request", by_bytes["probabilities"][:1],
-                               again["probabilities"], common.TF_TOLERANCE)
+            record.close("serving_bytes/after_bad_request", by_bytes["probabilities"][:1], again["probabilities"],
+                         TF_TOLERANCE)
         del loaded
-    return notes
+    return record
+
+
+class SavedModelExporter(Exporter):
+    name = "saved_model"
+    layout = "DIR/1: SavedModel for TF Serving (tag 'serve'; serving_default, serving_bytes)"
+
+    def check(self, job: ExportJob) -> None:
+        super().check(job)
+        if not job.num_classes:
+            raise ValueError("Format saved_model serves a classifier; the model has none (include_top=False). "
+                             "Use format 'hub' for feature vectors.")
+
+    def export(self, job: ExportJob, out_dir: str) -> None:
+        export(job, out_dir)
+
+    def verify(self, job: ExportJob, out_dir: str) -> Verification:
+        return verify(job, out_dir)
+
+
+EXPORTER = SavedModelExporter()

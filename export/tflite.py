@@ -18,23 +18,26 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.preprocessing import eval_config, preprocess_array, resize, to_rgb, to_unit_range
-from export import common
+from export import photos, progress, trace
+from export.exporter import Exporter
+from export.job import QUANTIZE_MODES, ExportJob
+from export.verify import Tolerance, Verification
 
 FILENAME = "model.tflite"
 LABELS_FILENAME = "labels.txt"
 CALIBRATION_SAMPLES = 48
-FLOAT_TOLERANCE = common.Tolerance(rtol=1e-3, atol=1e-4)  # different kernels (XNNPACK), same math
+FLOAT_TOLERANCE = Tolerance(rtol=1e-3, atol=1e-4)  # different kernels (XNNPACK), same math
 # int8 probabilities: quantization noise of ~0.5 step per layer over ~60 layers; measured max-abs
 # 0.06 with the ImageNet Lite0 weights on 3 photos at 224 px.
-INT8_TOLERANCE = common.Tolerance(rtol=0.0, atol=0.25)
-INT8_FEATURE_TOLERANCE = common.Tolerance(rtol=0.25, atol=0.0)
+INT8_TOLERANCE = Tolerance(rtol=0.0, atol=0.25)
+INT8_FEATURE_TOLERANCE = Tolerance(rtol=0.25, atol=0.0)
 
 
 def interpreter(model_content: bytes):
@@ -74,7 +77,7 @@ def run(model_content_or_interpreter, images: np.ndarray) -> np.ndarray:
     return np.stack(results)
 
 
-def calibration_batch(prepared: common.PreparedModel, images: Optional[Sequence] = None,
+def calibration_batch(job: ExportJob, images: Optional[Sequence] = None,
                       count: int = CALIBRATION_SAMPLES, seed: int = 0) -> np.ndarray:
     """``count`` float images [S, S, 3] in [0, 1] for int8 calibration.
 
@@ -82,9 +85,9 @@ def calibration_batch(prepared: common.PreparedModel, images: Optional[Sequence]
     installed packages. Each appears once with evaluation preprocessing; the rest of the
     ``count`` are random crops (35-100% of the shorter side) and mirror images of them.
     """
-    config = eval_config(prepared.model_name, prepared.image_size)
+    config = eval_config(job.model_name, job.image_size)
     decoded = []
-    for item in (images if images is not None else [data for _, data in common.sample_photos()]):
+    for item in (images if images is not None else [data for _, data in photos.load()]):
         if isinstance(item, (str, os.PathLike)):
             with open(item, "rb") as f:
                 item = f.read()
@@ -112,27 +115,27 @@ def calibration_batch(prepared: common.PreparedModel, images: Optional[Sequence]
     return np.stack(batch).astype(np.float32)
 
 
-def convert(prepared: common.PreparedModel, quantize: Optional[str] = None,
+def convert(job: ExportJob, quantize: Optional[str] = None,
             calibration_images: Optional[Sequence] = None) -> bytes:
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    endpoints = prepared.endpoints
-    classifier = bool(prepared.num_classes)
-    size = prepared.image_size
+    endpoints = job.endpoints
+    classifier = bool(job.num_classes)
+    size = job.image_size
 
     def predict(images):
         outputs = endpoints(images, training=False)
         return tf.nn.softmax(outputs["logits"], axis=-1) if classifier else outputs["pooled_features"]
 
-    with common.step("tflite: tracing and freezing the network"):
-        with common.plain_swish():
+    with progress.step("tflite: tracing and freezing the network"):
+        with trace.plain_swish():
             traced = tf.function(predict, autograph=False).get_concrete_function(
                 tf.TensorSpec([1, size, size, 3], tf.float32, name="images"))
         frozen = convert_variables_to_constants_v2(traced)
     # An empty trackable selects the current converter path; the frozen graph holds the weights.
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.__internal__.tracking.AutoTrackable())
     if quantize == "int8":
-        samples = calibration_batch(prepared, calibration_images)
+        samples = calibration_batch(job, calibration_images)
         logging.info("tflite: calibrating int8 on %d images", len(samples))
 
         def representative():
@@ -145,48 +148,63 @@ def convert(prepared: common.PreparedModel, quantize: Optional[str] = None,
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
     elif quantize is not None:
-        raise ValueError(f"Unknown quantize={quantize!r}; valid: {list(common.QUANTIZE_MODES)} or None")
-    with common.step(f"tflite: converting ({quantize or 'float32'})"):
+        raise ValueError(f"Unknown quantize={quantize!r}; valid: {list(QUANTIZE_MODES)} or None")
+    with progress.step(f"tflite: converting ({quantize or 'float32'})"):
         return converter.convert()
 
 
-def export(prepared: common.PreparedModel, staging_dir: str, quantize: Optional[str] = None,
-           calibration_images: Optional[Sequence] = None) -> List[str]:
-    content = convert(prepared, quantize, calibration_images)
+def export(job: ExportJob, staging_dir: str) -> List[str]:
+    content = convert(job, job.quantize, job.calibration_images)
     path = os.path.join(staging_dir, FILENAME)
     with open(path, "wb") as f:
         f.write(content)
     paths = [path]
-    if prepared.class_names:
+    if job.class_names:
         labels_path = os.path.join(staging_dir, LABELS_FILENAME)
         with open(labels_path, "w", encoding="utf-8") as f:
-            f.write("\n".join(prepared.class_names) + "\n")
+            f.write("\n".join(job.class_names) + "\n")
         paths.append(labels_path)
     return paths
 
 
-def verify(prepared: common.PreparedModel, staging_dir: str, batch: np.ndarray,
-           reference: Dict[str, np.ndarray], results: Dict[str, float], limits: Dict[str, float],
-           quantize: Optional[str] = None) -> List[str]:
+def verify(job: ExportJob, staging_dir: str) -> Verification:
+    record = Verification(TFLiteExporter.name)
+    quantize = job.quantize
     with open(os.path.join(staging_dir, FILENAME), "rb") as f:
         content = f.read()
-    with common.step("tflite: running the interpreter on the verification batch"):
+    with progress.step("tflite: running the interpreter on the verification batch"):
         interp = interpreter(content)
         inp = interp.get_input_details()[0]
         expected_dtype = np.uint8 if quantize else np.float32
-        if inp["dtype"] != expected_dtype or list(inp["shape"]) != [1, prepared.image_size, prepared.image_size, 3]:
-            raise common.VerificationError(f"Unexpected input {inp['dtype']} {inp['shape']}")
-        actual = run(interp, batch)
-    if prepared.num_classes:
-        key, expected = "probabilities", tf.nn.softmax(reference["logits"], axis=-1).numpy()
+        record.equal("tflite/input", (np.dtype(inp["dtype"]).name, [int(d) for d in inp["shape"]]),
+                     (np.dtype(expected_dtype).name, [1, job.image_size, job.image_size, 3]),
+                     f"Unexpected input {inp['dtype']} {inp['shape']}")
+        actual = run(interp, job.batch)
+    if job.num_classes:
+        key, expected = "probabilities", tf.nn.softmax(job.reference["logits"], axis=-1).numpy()
         tolerance = INT8_TOLERANCE if quantize else FLOAT_TOLERANCE
     else:
-        key, expected = "pooled_features", reference["pooled_features"]
+        key, expected = "pooled_features", job.reference["pooled_features"]
         tolerance = INT8_FEATURE_TOLERANCE if quantize else FLOAT_TOLERANCE
-    common.check_close(results, limits, f"tflite_{quantize or 'float32'}/{key}", expected, actual, tolerance)
-    notes = [f"tflite {os.path.getsize(os.path.join(staging_dir, FILENAME)) / 2**20:.1f} MiB, input {inp['dtype'].__name__} "
-             f"quantization {tuple(round(float(q), 6) for q in inp['quantization'])}"]
-    if prepared.num_classes:
+    record.close(f"tflite_{quantize or 'float32'}/{key}", expected, actual, tolerance)
+    record.notes.append(f"tflite {os.path.getsize(os.path.join(staging_dir, FILENAME)) / 2**20:.1f} MiB, input "
+                        f"{inp['dtype'].__name__} quantization {tuple(round(float(q), 6) for q in inp['quantization'])}")
+    if job.num_classes:
         agree = int((expected.argmax(-1) == actual.argmax(-1)).sum())
-        notes.append(f"tflite top-1 agrees with Keras on {agree} of {len(batch)} verification images")
-    return notes
+        record.notes.append(f"tflite top-1 agrees with Keras on {agree} of {len(job.batch)} verification images")
+    return record
+
+
+class TFLiteExporter(Exporter):
+    name = "tflite"
+    layout = "DIR/model.tflite (+ labels.txt)"
+    quantize_modes = QUANTIZE_MODES
+
+    def export(self, job: ExportJob, out_dir: str) -> None:
+        export(job, out_dir)
+
+    def verify(self, job: ExportJob, out_dir: str) -> Verification:
+        return verify(job, out_dir)
+
+
+EXPORTER = TFLiteExporter()

@@ -9,7 +9,7 @@ import pytest
 
 import efficientnet_tf
 import export
-from export import common, export_model
+from export import VerificationError, export_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,17 +64,17 @@ def test_failed_verification_leaves_nothing(lite0, tmp_path, monkeypatch):
     from export import tflite
 
     def broken(*args, **kwargs):
-        raise common.VerificationError("simulated mismatch")
+        raise VerificationError("simulated mismatch")
 
     monkeypatch.setattr(tflite, "verify", broken)
-    with pytest.raises(common.VerificationError, match="simulated"):
+    with pytest.raises(VerificationError, match="simulated"):
         export_model(lite0, str(tmp_path / "new"), format="tflite", image_size=64)
     assert not os.path.exists(tmp_path / "new") and not _leftovers(tmp_path)
 
     old = tmp_path / "old"
     old.mkdir()
     (old / "keep.txt").write_text("previous export")
-    with pytest.raises(common.VerificationError):
+    with pytest.raises(VerificationError):
         export_model(lite0, str(old), format="tflite", image_size=64, overwrite=True)
     assert os.listdir(old) == ["keep.txt"] and not _leftovers(tmp_path)
 
@@ -114,4 +114,4 @@ def test_models_that_cannot_be_exported(tmp_path):
     with pytest.raises(ValueError, match="computes in float16; exports are float32"):
         export_model(mixed, str(tmp_path / "a"), format="tflite")
     assert os.listdir(tmp_path) == []
-    assert export.FORMATS == ("hub", "hub_tf1", "saved_model", "tflite")
+    assert tuple(export.FORMATS) == ("hub", "hub_tf1", "saved_model", "tflite")

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import efficientnet_tf
 from export import export_model, hub_protos, hub_tf1
-from export.common import prepare, reference_batch
+from export.job import prepare, reference_batch
 from helpers import randomize_like_trained, relative_error
 
 SIZE = 64

@@ -17,9 +17,9 @@ from PIL import Image
 
 import efficientnet_tf
 from efficientnet_tf.labels import imagenet_labels
-from export import export_model
+from export import export_model, photos
 
-PHOTOS = {"chelsea": (281, 282, 285), "coffee": (967, 968, 504), "astronaut": None}  # photos.json top-1 sets
+PHOTOS = {name: photos.get(name).top1_any_of for name in ("chelsea", "coffee", "astronaut")}  # astronaut: none
 
 
 def _photos():

@@ -9,10 +9,10 @@ from PIL import Image
 
 import efficientnet_tf
 from efficientnet_tf.preprocessing import eval_config, preprocess_array
-from export import export_model, tflite
-from export.common import prepare
+from export import export_model, photos, tflite
+from export.job import prepare
 
-EXPECTED_TOP1 = {"chelsea": (281, 282, 285), "coffee": (967, 968, 504)}  # tests/data/photos.json
+EXPECTED_TOP1 = {name: photos.get(name).top1_any_of for name in ("chelsea", "coffee")}
 
 
 @pytest.fixture(scope="module")

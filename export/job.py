@@ -1,0 +1,150 @@
+"""The export job: the model to export, the facts every format needs, the options, and the fixed
+verification batch with the Keras model's outputs on it (computed once, shared by all formats)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from export import photos
+
+QUANTIZE_MODES = ("int8",)
+
+
+@dataclasses.dataclass
+class ExportJob:
+    """The model to export with the facts every format needs."""
+
+    model: object  # keras.Model, outputs whatever the user built
+    model_name: str
+    image_size: int
+    input_hw: Tuple[Optional[int], Optional[int]]
+    num_classes: Optional[int]  # None for a model without classifier
+    class_names: Optional[Tuple[str, ...]]
+    endpoints: object  # keras.Model with dict outputs (logits when there is a classifier)
+    feature_endpoints: object  # the same without the classifier
+    weights: str  # where the weights came from, for the record
+    quantize: Optional[str] = None  # formats that quantize read it ("int8")
+    calibration_images: Optional[Sequence] = None  # int8 representative data
+
+    def input_spec(self, batch: Optional[int] = None):
+        import tensorflow as tf
+
+        return tf.TensorSpec([batch, *self.input_hw, 3], tf.float32, name="images")
+
+    @functools.cached_property
+    def batch(self) -> np.ndarray:
+        """The fixed verification batch: real photographs (evaluation preprocessing) + seeded noise."""
+        return reference_batch(self)
+
+    @functools.cached_property
+    def reference(self) -> Dict[str, np.ndarray]:
+        """The Keras model's endpoint outputs on :attr:`batch` (inference mode)."""
+        outputs = self.endpoints(self.batch, training=False)
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    def info(self) -> Dict[str, object]:
+        """Facts written next to every export (and into the hub modules as an asset)."""
+        import efficientnet_tf
+        from efficientnet_tf.preprocessing import eval_config
+
+        info = efficientnet_tf.model_info(self.model_name)
+        pre = eval_config(self.model_name, self.image_size)
+        return {
+            "model_name": self.model_name,
+            "default_image_size": [self.image_size, self.image_size],
+            "input": "float32 RGB images [batch, height, width, 3] with values in [0, 1]",
+            "num_classes": self.num_classes,
+            "num_features": info["num_features"],
+            "weights": self.weights,
+            "eval_preprocessing": {
+                "center_crop_fraction": pre.crop_fraction, "resize_method": pre.resize_method,
+                "legacy_tf1_resize": pre.legacy, "function": "efficientnet_tf.preprocessing.preprocess_bytes",
+            },
+            "normalization_inside_model": {"mean_rgb": list(info["mean_rgb"]), "stddev_rgb": list(info["stddev_rgb"])},
+            "efficientnet_tf_version": efficientnet_tf.__version__,
+        }
+
+
+def _variant(model, model_name: Optional[str]) -> str:
+    import efficientnet_tf
+
+    if model_name is None:
+        if model.name not in efficientnet_tf.list_models():
+            raise ValueError(f"Cannot tell the variant of model {model.name!r}; pass model_name= one of "
+                             f"{', '.join(efficientnet_tf.list_models())}")
+        model_name = model.name
+    return model_name
+
+
+def _check_layers(model) -> None:
+    names = {layer.name for layer in model.layers}
+    missing = sorted({"preprocessing", "stem_conv", "top_activation"} - names)
+    if missing:
+        hint = (" The exports take images in [0, 1] and rely on the model's own normalization: "
+                "build it with include_preprocessing=True." if "preprocessing" in missing else "")
+        raise ValueError(f"Model {model.name!r} lacks the layers {missing} of an efficientnet_tf model.{hint}")
+
+
+def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] = None,
+            class_names: Optional[Sequence[str]] = None, weights: Optional[str] = None,
+            quantize: Optional[str] = None, calibration_images: Optional[Sequence] = None) -> ExportJob:
+    """Checks that ``model`` is an exportable efficientnet_tf model and gathers its facts."""
+    import keras
+
+    import efficientnet_tf
+    from efficientnet_tf import labels
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"Expected a keras.Model built by efficientnet_tf, got {type(model).__name__}")
+    model_name = _variant(model, model_name)
+    info = efficientnet_tf.model_info(model_name)  # unknown names list the valid ones
+    _check_layers(model)
+    for layer in model.layers:
+        if layer.dtype_policy.compute_dtype != "float32":
+            raise ValueError(
+                f"Layer {layer.name!r} computes in {layer.dtype_policy.compute_dtype}; exports are float32. "
+                "Rebuild the model under keras.config.set_dtype_policy('float32') and copy the weights "
+                "(efficientnet_tf.load_weights(float32_model, trained_model)).")
+    shape = tuple(model.input.shape)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"Model input must be [batch, height, width, 3], got {shape}")
+    input_hw = (shape[1], shape[2])
+    if image_size is None:
+        image_size = input_hw[0] if input_hw[0] is not None else info["resolution"]
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(f"image_size must be an integer >= 32, got {image_size!r}")
+    if any(d is not None and d != image_size for d in input_hw):
+        raise ValueError(f"image_size={image_size} does not fit the model's fixed input {input_hw}")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ValueError(f"Unknown quantize {quantize!r}; valid values: {', '.join(QUANTIZE_MODES)}")
+    if calibration_images is not None and quantize is None:
+        raise ValueError("calibration_images are only used with quantize='int8'")
+
+    endpoints = efficientnet_tf.endpoints_model(model)
+    num_classes = None
+    if "logits" in endpoints.output:
+        num_classes = int(endpoints.output["logits"].shape[-1])
+        features = {k: v for k, v in endpoints.output.items() if k != "logits"}
+        feature_endpoints = keras.Model(endpoints.input, features, name=f"{model.name}_feature_endpoints")
+    else:
+        feature_endpoints = endpoints
+    names_out = labels.class_names(num_classes, class_names) if num_classes else None
+    if num_classes is None and class_names is not None:
+        raise ValueError("class_names given for a model without classifier (include_top=False)")
+    return ExportJob(model, model_name, image_size, input_hw, num_classes, names_out, endpoints,
+                     feature_endpoints, weights or "unspecified", quantize, calibration_images)
+
+
+def reference_batch(job: ExportJob, max_photos: int = 4) -> np.ndarray:
+    """Real photographs (evaluation preprocessing) + one image of seeded noise."""
+    from efficientnet_tf.preprocessing import eval_config, preprocess_bytes
+
+    config = eval_config(job.model_name, job.image_size)
+    images = [preprocess_bytes(data, config).numpy() for _, data in photos.load()[:max_photos]]
+    rng = np.random.default_rng(20190528)  # fixed: the batch must be the same in every run
+    images.append(rng.uniform(0.0, 1.0, (job.image_size, job.image_size, 3)))
+    return np.stack(images).astype(np.float32)

@@ -1,0 +1,29 @@
+"""Console progress of the long export steps."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+from absl import logging
+
+
+@contextlib.contextmanager
+def step(message: str) -> Iterator[None]:
+    """Logs the start and the duration of a long step."""
+    logging.info("%s ...", message)
+    started = time.perf_counter()
+    yield
+    logging.info("%s: done in %.1fs", message, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def quiet_absl() -> Iterator[None]:
+    """Hides TF's INFO chatter (one line per renamed capture) while a SavedModel is written."""
+    level = logging.get_verbosity()
+    logging.set_verbosity(min(level, logging.WARNING))  # absl: larger is more verbose
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
