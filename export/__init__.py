@@ -35,7 +35,7 @@ from typing import List, Optional, Sequence, Union
 
 from absl import logging
 
-from export.atomic import ExportWriteError, atomic_export_dir, write_json
+from export.atomic import ExportWriteError, atomic_export_dir, check_target, write_json
 from export.exporter import INFO_FILENAME, ExportResult, summary_table
 from export.job import QUANTIZE_MODES, ExportJob, prepare
 from export.verify import VerificationError
@@ -130,6 +130,7 @@ def export_formats(model, export_dir: str, formats: Union[str, Sequence[str]] = 
 
     names = parse_formats(formats)
     check_quantize(quantize, names)
+    check_target(export_dir, overwrite)
     job = prepare(model, model_name, image_size, class_names, weights, quantize, calibration_images)
     for name in names:
         FORMATS[name].check(job)
@@ -174,6 +175,7 @@ def export_model(model, export_dir: str, format: str = "hub", *, model_name: Opt
                          "(several at once: export_formats)")
     check_quantize(quantize, [format])
     started = time.perf_counter()
+    check_target(export_dir, overwrite)
     job = prepare(model, model_name, image_size, class_names, weights, quantize, calibration_images)
     FORMATS[format].check(job)
     export_dir = os.path.abspath(os.fspath(export_dir))

@@ -42,19 +42,35 @@ def _describe(err: BaseException) -> str:
     return " ".join(str(err).split())[:500]
 
 
+def check_target(export_dir: str, overwrite: bool = False) -> str:
+    """Fails early (before any work) when ``export_dir`` exists and not ``overwrite``, or when it
+    cannot be created (a parent is a file). Returns the absolute path."""
+    export_dir = os.path.abspath(os.fspath(export_dir))
+    if os.path.lexists(export_dir) and not overwrite:
+        raise FileExistsError(f"export_dir {export_dir!r} already exists; pass --overwrite (overwrite=True) "
+                              "to replace it")
+    ancestor = os.path.dirname(export_dir)
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ExportWriteError(errno.ENOTDIR, f"Cannot write export_dir {export_dir!r}: {ancestor!r} is not a "
+                               "directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ExportWriteError(errno.EACCES, f"Cannot write export_dir {export_dir!r}: no write permission in "
+                               f"{ancestor!r}")
+    return export_dir
+
+
 @contextlib.contextmanager
 def atomic_export_dir(export_dir: str, overwrite: bool = False) -> Iterator[str]:
     """Yields a fresh temporary directory next to ``export_dir``; renames it into place when the
     block succeeds, deletes it when it fails. An existing ``export_dir`` is an error unless
     ``overwrite``, in which case it is swapped out only after the new export is complete.
     A write failure in the block (disk full, ...) becomes an ExportWriteError naming ``export_dir``."""
-    export_dir = os.path.abspath(os.fspath(export_dir))
+    export_dir = check_target(export_dir, overwrite)
     parent, base = os.path.split(export_dir)
     if not base:
         raise ValueError(f"Bad export_dir {export_dir!r}")
-    if os.path.lexists(export_dir) and not overwrite:
-        raise FileExistsError(f"export_dir {export_dir!r} already exists; pass --overwrite (overwrite=True) "
-                              "to replace it")
     try:
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)

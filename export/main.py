@@ -27,7 +27,7 @@ from absl import app, flags, logging  # noqa: E402
 
 import efficientnet_tf  # noqa: E402
 from export.formats import FORMATS  # noqa: E402
-from export.atomic import ExportWriteError  # noqa: E402
+from export.atomic import ExportWriteError, check_target  # noqa: E402
 from export.job import QUANTIZE_MODES  # noqa: E402
 from export.verify import VerificationError  # noqa: E402
 
@@ -90,8 +90,9 @@ def run(argv) -> int:
     from efficientnet_tf.labels import read_labels
     from export import check_quantize, export_formats, export_model, parse_formats, summary_table
 
-    formats = parse_formats(FLAGS.format)
-    check_quantize(FLAGS.quantize, formats)  # before any work
+    formats = parse_formats(FLAGS.format)  # bad arguments fail before any work
+    check_quantize(FLAGS.quantize, formats)
+    check_target(FLAGS.export_dir, FLAGS.overwrite)
     class_names = read_labels(FLAGS.labels) if FLAGS.labels else None
     calibration = _calibration_files(FLAGS.calibration_images)
     started = time.perf_counter()
