@@ -186,6 +186,14 @@ def block_letters(index: int) -> str:
     return letters
 
 
+def block_letters_index(letters: str) -> int:
+    """'a' -> 0, 'z' -> 25, 'aa' -> 26: the inverse of :func:`block_letters`."""
+    value = 0
+    for char in letters:
+        value = value * 26 + (ord(char) - 96)
+    return value - 1
+
+
 # ----------------------------------------------------------------------------- the table
 _V1_BLOCKS = decode_blocks([
     "r1_k3_s1_e1_i32_o16_se0.25",
