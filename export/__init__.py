@@ -140,10 +140,10 @@ def export_formats(model, export_dir: str, formats: Union[str, Sequence[str]] = 
         for name in names:
             os.mkdir(os.path.join(staging, name))
             results.append(_export_one(job, name, os.path.join(staging, name), os.path.join(export_dir, name)))
-        write_json(os.path.join(staging, INFO_FILENAME), dict(job.info(), formats={
-            r.format: {"path": r.format, "layout": FORMATS[r.format].layout, "quantize": r.quantize,
-                       "checks_passed": sum(c.passed for c in r.checks), "export_seconds": round(r.seconds, 1)}
-            for r in results}))
+        write_json(os.path.join(staging, INFO_FILENAME), dict(job.info(), formats=[
+            {"format": r.format, "path": r.format, "layout": FORMATS[r.format].layout, "quantize": r.quantize,
+             "checks_passed": sum(c.passed for c in r.checks), "export_seconds": round(r.seconds, 1)}
+            for r in results]))
     return results
 
 
@@ -153,7 +153,7 @@ def export_model(model, export_dir: str, format: str = "hub", *, model_name: Opt
                  weights: Optional[str] = None) -> ExportResult:
     """Exports ``model`` (an efficientnet_tf Keras model, float32) in ``format`` to ``export_dir``.
 
-    model_name: the variant (default: ``model.name``); gives the default image size and the
+    model_name: the variant (default: the one the model's spec records); gives the default image size and the
       evaluation preprocessing of the serving signature.
     image_size: the documented input size and the size the export is verified at (default: the
       variant's resolution); TF-Lite models take exactly this size.

@@ -24,10 +24,12 @@ from __future__ import annotations
 import os
 from typing import Dict, List
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from efficientnet_tf.spec import STEM_BN
 from export import hub_protos, progress, trace
 from export.exporter import Exporter
 from export.job import ExportJob
@@ -161,14 +163,6 @@ def update_targets(meta_graph) -> List[str]:
     return targets
 
 
-def _first_batch_norm(model):
-    """The first BatchNormalization (the stem's): its input does not depend on training mode."""
-    for layer in model.layers:
-        if type(layer).__name__ == "BatchNormalization":
-            return layer
-    raise ValueError(f"{model.name!r} has no BatchNormalization layer")
-
-
 def _check_files(job: ExportJob, staging_dir: str, record: Verification):
     """Module format, tag sets, variable names, image size and update ops; returns the MetaGraphs."""
     with open(os.path.join(staging_dir, hub_protos.MODULE_DEF_FILENAME), "rb") as f:
@@ -188,7 +182,8 @@ def _check_files(job: ExportJob, staging_dir: str, record: Verification):
                      (job.image_size, job.image_size), f"MetaGraph {sorted(tags)}: image_module_info is {size}")
     # Every moving statistic is assigned by exactly one update op of the train graph, and none
     # in the inference graph (other updates, e.g. dropout seed states, are allowed).
-    statistics = sorted(names[id(v)] for layer in job.endpoints.layers if type(layer).__name__ == "BatchNormalization"
+    statistics = sorted(names[id(v)] for layer in job.endpoints.layers
+                        if isinstance(layer, keras.layers.BatchNormalization)
                         for v in (layer.moving_mean, layer.moving_variance))
     for tags, meta_graph in graphs.items():
         targets = update_targets(meta_graph)
@@ -230,13 +225,11 @@ def verify(job: ExportJob, staging_dir: str) -> Verification:
                      f"The inference graph changed {changed} variables")
         del loaded
 
-    bn = _first_batch_norm(job.endpoints)
+    bn = job.endpoints.get_layer(STEM_BN)  # its input does not depend on the training mode
     stem = {"moving_mean": names[id(bn.moving_mean)], "moving_variance": names[id(bn.moving_variance)]}
     # A batch unlike the verification one (mirrored), so that it differs from any calibration
     # batch the statistics may come from; the expected update is exact either way.
     train_batch = np.ascontiguousarray(job.batch[:, :, ::-1])
-    import keras
-
     bn_input = np.asarray(keras.Model(job.endpoints.input, bn.input)(train_batch, training=False), np.float64)
     batch_stats = {"moving_mean": bn_input.mean(axis=(0, 1, 2)), "moving_variance": bn_input.var(axis=(0, 1, 2))}
     with progress.step("hub_tf1: reloading the train MetaGraph and running it"):

@@ -29,6 +29,7 @@ class ExportJob:
     weights: str  # where the weights came from, for the record
     quantize: Optional[str] = None  # formats that quantize read it ("int8")
     calibration_images: Optional[Sequence] = None  # int8 representative data
+    spec: object = None  # efficientnet_tf.spec.ModelSpec of the model
 
     def input_spec(self, batch: Optional[int] = None):
         import tensorflow as tf
@@ -60,6 +61,7 @@ class ExportJob:
             "num_classes": self.num_classes,
             "num_features": info["num_features"],
             "weights": self.weights,
+            "weight_set": None if self.spec is None or self.spec.weights is None else dict(self.spec.weights),
             "eval_preprocessing": {
                 "center_crop_fraction": pre.crop_fraction, "resize_method": pre.resize_method,
                 "legacy_tf1_resize": pre.legacy, "function": "efficientnet_tf.preprocessing.preprocess_bytes",
@@ -69,24 +71,25 @@ class ExportJob:
         }
 
 
-def _variant(model, model_name: Optional[str]) -> str:
+def _spec(model, model_name: Optional[str]):
+    """The model's spec (what the builder recorded); ``model_name`` may name the variant when it
+    cannot be told, and must agree with the spec otherwise."""
     import efficientnet_tf
+    from efficientnet_tf.spec import model_spec
 
-    if model_name is None:
-        if model.name not in efficientnet_tf.list_models():
-            raise ValueError(f"Cannot tell the variant of model {model.name!r}; pass model_name= one of "
-                             f"{', '.join(efficientnet_tf.list_models())}")
-        model_name = model.name
-    return model_name
-
-
-def _check_layers(model) -> None:
-    names = {layer.name for layer in model.layers}
-    missing = sorted({"preprocessing", "stem_conv", "top_activation"} - names)
-    if missing:
-        hint = (" The exports take images in [0, 1] and rely on the model's own normalization: "
-                "build it with include_preprocessing=True." if "preprocessing" in missing else "")
-        raise ValueError(f"Model {model.name!r} lacks the layers {missing} of an efficientnet_tf model.{hint}")
+    if model_name is not None:
+        efficientnet_tf.model_info(model_name)  # unknown names list the valid ones
+    try:
+        spec = model_spec(model)
+    except ValueError as err:
+        raise ValueError(f"{err}. Exports need a model built by efficientnet_tf (valid variants: "
+                         f"{', '.join(efficientnet_tf.list_models())})") from err
+    if model_name is not None and model_name != spec.variant:
+        raise ValueError(f"model_name={model_name!r} does not match the model, which is {spec.variant!r}")
+    if not spec.include_preprocessing:
+        raise ValueError(f"Model {model.name!r} has no preprocessing layer. The exports take images in [0, 1] "
+                         "and rely on the model's own normalization: build it with include_preprocessing=True.")
+    return spec
 
 
 def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] = None,
@@ -97,12 +100,13 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
 
     import efficientnet_tf
     from efficientnet_tf import labels
+    from efficientnet_tf.spec import ENDPOINT_LOGITS
 
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a keras.Model built by efficientnet_tf, got {type(model).__name__}")
-    model_name = _variant(model, model_name)
-    info = efficientnet_tf.model_info(model_name)  # unknown names list the valid ones
-    _check_layers(model)
+    spec = _spec(model, model_name)
+    model_name = spec.variant
+    info = efficientnet_tf.model_info(model_name)
     for layer in model.layers:
         if layer.dtype_policy.compute_dtype != "float32":
             raise ValueError(
@@ -126,9 +130,9 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
 
     endpoints = efficientnet_tf.endpoints_model(model)
     num_classes = None
-    if "logits" in endpoints.output:
-        num_classes = int(endpoints.output["logits"].shape[-1])
-        features = {k: v for k, v in endpoints.output.items() if k != "logits"}
+    if spec.include_top:
+        num_classes = int(endpoints.output[ENDPOINT_LOGITS].shape[-1])
+        features = {k: v for k, v in endpoints.output.items() if k != ENDPOINT_LOGITS}
         feature_endpoints = keras.Model(endpoints.input, features, name=f"{model.name}_feature_endpoints")
     else:
         feature_endpoints = endpoints
@@ -136,7 +140,7 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
     if num_classes is None and class_names is not None:
         raise ValueError("class_names given for a model without classifier (include_top=False)")
     return ExportJob(model, model_name, image_size, input_hw, num_classes, names_out, endpoints,
-                     feature_endpoints, weights or "unspecified", quantize, calibration_images)
+                     feature_endpoints, weights or "unspecified", quantize, calibration_images, spec)
 
 
 def reference_batch(job: ExportJob, max_photos: int = 4) -> np.ndarray:

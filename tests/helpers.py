@@ -11,7 +11,6 @@ def randomize_like_trained(model, calibration_images, seed=0):
     biases, moving statistics calibrated on real batch statistics (momentum 0 for one training
     pass, dropout off), random biases and classifier.
     """
-    import keras
 
     rng = np.random.default_rng(seed)
     saved = []

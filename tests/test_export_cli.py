@@ -10,6 +10,7 @@ import pytest
 import efficientnet_tf
 import export
 from export import VerificationError, export_model
+from export.job import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,8 +97,13 @@ def test_models_that_cannot_be_exported(tmp_path):
         export_model(efficientnet_tf.build_model("efficientnet-lite0", include_preprocessing=False),
                      str(tmp_path / "a"), format="tflite")
     renamed = efficientnet_tf.build_model("efficientnet-lite0", model_name="my_net")
-    with pytest.raises(ValueError, match="pass model_name= one of efficientnet-b0, "):
-        export_model(renamed, str(tmp_path / "a"), format="tflite")
+    assert prepare(renamed).model_name == "efficientnet-lite0"  # the spec knows, whatever the name
+    with pytest.raises(ValueError, match="model_name='efficientnet-b0' does not match the model, which is "
+                                         "'efficientnet-lite0'"):
+        export_model(renamed, str(tmp_path / "a"), format="tflite", model_name="efficientnet-b0")
+    not_ours = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.Conv2D(4, 3, name="conv")], name="other")
+    with pytest.raises(ValueError, match="not an efficientnet_tf model.*valid variants: efficientnet-b0, "):
+        export_model(not_ours, str(tmp_path / "a"), format="tflite")
     with pytest.raises(ValueError, match="Unknown model name 'efficientnet-b9'"):
         export_model(renamed, str(tmp_path / "a"), format="tflite", model_name="efficientnet-b9")
     with pytest.raises(ValueError, match="image_size=96 does not fit the model's fixed input"):

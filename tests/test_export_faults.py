@@ -10,21 +10,25 @@ import sys
 
 import pytest
 
+import efficientnet_tf
 import export
-from export import parse_formats
+from export import ExportWriteError, export_formats, export_model, parse_formats, summary_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LITE0 = ["--model_name=efficientnet-lite0", "--image_size=64"]
 
 
-def _cli(*args, max_file_bytes=None):
+def _limit(max_file_bytes):
     def limit():  # in the child only: writes past the limit fail with EFBIG
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+    return limit
 
+
+def _cli(*args, max_file_bytes=None):
     return subprocess.run([sys.executable, "-m", "export.main", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-                          preexec_fn=limit if max_file_bytes else None)
+                          preexec_fn=_limit(max_file_bytes) if max_file_bytes else None)
 
 
 def _tree(path):
@@ -47,34 +51,59 @@ def test_parse_formats():
         assert "valid values: hub, hub_tf1, saved_model, tflite" in str(err.value) and "'all'" in str(err.value)
 
 
-def test_two_formats_one_build_and_a_summary_table(tmp_path):
+@pytest.fixture(scope="module")
+def lite0():
+    return efficientnet_tf.build_model("efficientnet-lite0")
+
+
+def test_two_formats_one_job_and_a_summary_table(lite0, tmp_path):
     target = tmp_path / "lite0"
-    done = _cli(*LITE0, f"--export_dir={target}", "--format=tflite,saved_model")
-    assert done.returncode == 0, done.stderr[-3000:]
+    results = export_formats(lite0, str(target), "tflite,saved_model", image_size=64)
+    assert [r.format for r in results] == ["tflite", "saved_model"]
+    assert [r.export_dir for r in results] == [str(target / "tflite"), str(target / "saved_model")]
     assert sorted(os.listdir(target)) == ["export_info.json", "saved_model", "tflite"]
     assert (target / "tflite" / "model.tflite").is_file() and (target / "saved_model" / "1" / "saved_model.pb").is_file()
-    for fmt in ("tflite", "saved_model"):
-        info = json.loads((target / fmt / "export_info.json").read_text())
-        assert info["format"] == fmt and info["verification"]["checks"]
+    for result in results:
+        info = json.loads((target / result.format / "export_info.json").read_text())
+        assert info["format"] == result.format and len(info["verification"]["checks"]) == len(result.checks) > 0
         assert all(check["passed"] for check in info["verification"]["checks"])
+        assert all(path.startswith(result.export_dir + os.sep) and os.path.isfile(path) for path in result.paths)
     top = json.loads((target / "export_info.json").read_text())
-    assert list(top["formats"]) == ["tflite", "saved_model"] and top["model_name"] == "efficientnet-lite0"
-    lines = done.stdout.splitlines()
-    table = lines[next(i for i, line in enumerate(lines) if line.startswith("format "))::]
+    assert [f["format"] for f in top["formats"]] == ["tflite", "saved_model"]
+    assert top["model_name"] == "efficientnet-lite0" and top["default_image_size"] == [64, 64]
+    table = summary_table(results).splitlines()
     assert table[0].split()[:3] == ["format", "written", "to"] and set(table[1]) <= {"-", " "}
-    assert table[2].startswith("tflite ") and str(target / "tflite") in table[2] and " passed" in table[2]
-    assert table[3].startswith("saved_model ") and str(target / "saved_model") in table[3]
-    assert done.stderr.count("NO --weights GIVEN") == 1  # one build, one weight load for both formats
+    for line, result in zip(table[2:], results):
+        assert line.startswith(result.format + " ") and result.export_dir in line
+        assert f"{len(result.checks)}/{len(result.checks)} passed" in line
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
 
 
-def test_disk_full_during_export_leaves_nothing(tmp_path):
-    # Python's own write (model.tflite) hits the limit: the error names DIR, nothing is left.
-    target = tmp_path / "lite0"
-    failed = _cli(*LITE0, f"--export_dir={target}", "--format=tflite", max_file_bytes=2**20)
-    assert failed.returncode == 1, failed.stderr[-3000:]
-    assert f"Writing the export to '{target}' failed: File too large" in failed.stderr
-    assert os.listdir(tmp_path) == []
+WRITER = r"""
+import sys
+from export.atomic import atomic_export_dir
+with atomic_export_dir(sys.argv[1], overwrite=True) as staging:
+    with open(staging + "/model.tflite", "wb") as f:
+        f.write(b"x" * 2**21)
+"""
+
+
+def test_disk_full_in_python_writes_leaves_nothing(tmp_path):
+    # No TensorFlow here: Python's own write hits the limit (EFBIG, as ENOSPC on a full disk).
+    for previous in (False, True):
+        target = tmp_path / "out"
+        if previous:
+            target.mkdir()
+            (target / "model.tflite").write_bytes(b"previous export")
+        failed = subprocess.run([sys.executable, "-c", WRITER, str(target)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120, preexec_fn=_limit(2**20))
+        assert failed.returncode == 1
+        assert f"ExportWriteError: Writing the export to '{target}' failed: File too large" in failed.stderr
+        assert ("the previous export there is untouched" in failed.stderr) == previous
+        assert os.listdir(tmp_path) == (["out"] if previous else [])
+        if previous:
+            assert os.listdir(target) == ["model.tflite"]
+            assert (target / "model.tflite").read_bytes() == b"previous export"
 
 
 def test_disk_full_in_a_later_format_keeps_the_previous_export(tmp_path):
@@ -97,10 +126,11 @@ def test_disk_full_in_a_later_format_keeps_the_previous_export(tmp_path):
 def test_unwritable_export_dir_is_refused_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    refused = _cli(*LITE0, f"--export_dir={blocker / 'lite0'}", "--format=tflite,hub")
-    assert refused.returncode == 1, refused.stderr[-3000:]
-    assert f"Cannot write export_dir '{blocker / 'lite0'}'" in refused.stderr
-    assert "Built efficientnet-lite0" not in refused.stderr and "NO --weights GIVEN" not in refused.stderr
+    for target in (blocker / "lite0", blocker / "deeper" / "lite0"):
+        with pytest.raises(ExportWriteError, match=f"Cannot write export_dir '{target}': '{blocker}' is not a directory"):
+            export_formats(None, str(target), "tflite,hub")  # before any work: the model is not even looked at
+        with pytest.raises(ExportWriteError, match="is not a directory"):
+            export_model(None, str(target), "tflite")
     assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
