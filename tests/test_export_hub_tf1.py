@@ -40,6 +40,15 @@ def _moving_means(variables):
 def test_file_layout(exported):
     model, result, path, *_ = exported
     assert all(result.max_abs_diff[k] <= result.limits[k] for k in result.max_abs_diff)
+    # The export's own train-graph check (it calibrated on the verification batch, where the old
+    # "every moving mean changes" check could round to no change): update ops and the momentum rule.
+    checks = {c.name: c for c in result.checks}
+    assert all(c.passed for c in result.checks)
+    assert checks["tf1/train/moving statistics in UPDATE_OPS"].value == 2 * 49
+    assert checks["tf1/inference/moving statistics in UPDATE_OPS"].value == 0
+    for stat in ("moving_mean", "moving_variance"):
+        step = checks[f"tf1/train/stem_bn/{stat} after one step"]
+        assert step.kind == "max_abs_diff" and step.value <= step.limit
     with open(os.path.join(path, "tfhub_module.pb"), "rb") as f:
         assert f.read() == b"\x08\x03"  # ModuleDef{format: FORMAT_V3}
     graphs = hub_tf1.read_meta_graphs(path)
