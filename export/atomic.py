@@ -38,7 +38,7 @@ def _is_write_error(err: BaseException) -> bool:
 
 def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return f"{os.strerror(err.errno)} ({err.filename or 'while writing'})"
+        return os.strerror(err.errno) + (f" ({err.filename})" if err.filename else "")
     return " ".join(str(err).split())[:500]
 
 
