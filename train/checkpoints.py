@@ -33,10 +33,10 @@ BEST = "best"
 INPUT = "input"
 WORKERS = "tmp_workers"
 
-# What a failed read of a damaged checkpoint raises (truncated data: DataLoss or OutOfRange;
-# missing index or data: NotFound; garbage: DataLoss or InvalidArgument).
-READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.OutOfRangeError,
-               tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError)
+# What a failed read of a damaged checkpoint raises: TensorFlow's errors (missing index or
+# data: NotFound; garbage: DataLoss), and the Python ones its checkpoint reader turns some
+# into (truncated data: IndexError "Read less bytes than requested").
+READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, RuntimeError)
 
 
 class CheckpointWriteError(OSError):

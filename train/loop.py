@@ -84,14 +84,14 @@ def run(cfg: config_lib.Config, *, mode: str, model_dir: str, tpu: Optional[str]
         else:
             results = train(cfg, mode, strategy, state, store, plan, evaluator, reporter,
                             restored=restored is not None, jit=devices["jit_compile"])
-            if results.get("preempted"):
-                reporter.close()
-                _barrier(strategy)
-                return results
             task_type, task_id = distribute.task(strategy)
             # Every worker prints the same number when the replicas stayed in sync.
             print(f"Final weights digest ({task_type or 'single'} {task_id}): "
                   f"{state_lib.weights_digest(state.model):.10e}", flush=True)
+            if results.get("preempted"):
+                reporter.close()
+                _barrier(strategy)
+                return results
         reporter.close()
 
         # --------------------------------------------------------------------- export
