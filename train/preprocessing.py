@@ -4,9 +4,8 @@ images.
 Follows the official pipelines (numbers cited where used):
 - V1 / Lite: tensorflow/tpu models/official/efficientnet/preprocessing.py, identical to
   google/automl efficientnetv2/preprocess_legacy.py: random-area crop computed on the
-  encoded JPEG, horizontal flip, bicubic resize; eval center crop of res/(res+32)*min(h,w).
-- V2: google/automl efficientnetv2/preprocessing.py: bilinear resize, eval crop only when
-  res < 320.
+  encoded JPEG, horizontal flip, bicubic resize.
+- V2: google/automl efficientnetv2/preprocessing.py: bilinear resize.
 
 Evaluation, resizing and decoding are the library's (``efficientnet_tf.preprocessing``, which the
 exporters and ``predict`` use too): the trainer evaluates exactly as a served model does. This
@@ -23,6 +22,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from efficientnet_tf import config as lib_config
 from efficientnet_tf import preprocessing as eval_lib
 from train import augment
 
@@ -37,11 +37,8 @@ TRAIN_MIN_OBJECT_COVERED = 0.1
 class CropRule:
     """A family's crop and resize conventions (the quirks of its official code).
 
-    crop_padding: eval crop = res / (res + crop_padding) * min(h, w). 32 in tpu's original code
-      and in automl (tpu later switched to crop fraction 0.875, equal to 32 only at 224; the
-      released checkpoints were evaluated with 32).
-    crop_below: crop only when res < crop_below, else resize the whole image
-      (automl efficientnetv2/preprocessing.py: `'crop' if image_size < 320 else ''`).
+    crop_padding, crop_below: the eval centre crop's parameters, as efficientnet_tf.config's
+      Variant has them (its eval_crop_fraction is the rule).
     legacy: tensorflow/tpu conventions (V1, Lite, V2-B0..B3): crop offsets ((h - crop) + 1) // 2
       and tf.compat.v1.image.resize (half_pixel_centers=False). automl V2-S/M/L/XL: offsets
       (h - crop) // 2 and TF2's tf.image.resize.
@@ -96,10 +93,9 @@ def eval_config(image_size: int, rule: CropRule | str = "v1",
     """The library's EvalConfig for a CropRule at `image_size`."""
     rule = get_crop_rule(rule)
     check_resize_method(resize_method)
-    if rule.crop_below is not None and image_size >= rule.crop_below:
-        fraction = 1.0
-    else:
-        fraction = image_size / (image_size + rule.crop_padding)
+    # The library's one statement of the crop rule, on this rule's crop_padding and crop_below
+    # (all it reads when given the size).
+    fraction = lib_config.Variant.eval_crop_fraction(rule, int(image_size))
     return eval_lib.EvalConfig(int(image_size), fraction, resize_method, legacy=rule.legacy)
 
 
