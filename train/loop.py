@@ -158,7 +158,7 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
                 print(f"\nStopped by {stop.signal_name} at step {step}/{total_steps}: saved "
                       f"{path}. Run the same command again to resume from there.", flush=True)
                 return {"step": step, "preempted": True, "checkpoint": path}
-            evaluated = False
+            evaluated = better = False
             if mode == "train_and_eval" and step > previous and (
                     step // eval_every > previous // eval_every or step == total_steps):
                 results = evaluator.evaluate()
@@ -166,12 +166,14 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
                 evaluated = True
                 if results["top_1_accuracy"] > float(state.best_top1.numpy()):
                     state.best_top1.assign(results["top_1_accuracy"])
-                    store.save_best(step, results)
+                    better = True
             if (evaluated or step == total_steps or step == stage.end_step
                     or step - last_save_step >= every_steps
                     or (every_secs and time.time() - last_save_time >= every_secs)):
                 store.save(step, inputs.saved(iterator))
                 last_save_step, last_save_time = step, time.time()
+            if better:  # after the run's own checkpoint, which a rerun needs first
+                store.save_best(step, results)
 
     if mode == "train_and_eval" and not results:  # resumed after the end: evaluate again
         results = evaluator.evaluate()
