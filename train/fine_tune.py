@@ -10,12 +10,13 @@ import keras
 import tensorflow as tf
 
 import efficientnet_tf
+from efficientnet_tf import spec
 from efficientnet_tf.weights import pretrained
 from train import checkpoints
 from train import config as config_lib
 
 # Layers whose weights may be left out when the class count differs.
-HEAD_LAYERS = ("predictions",)
+HEAD_LAYERS = (spec.CLASSIFIER,)
 
 
 def ema_variables(model: keras.Model):
@@ -56,7 +57,7 @@ def float32_policy():
 
 
 def load_init_weights(model: keras.Model, source):
-    """Copies ``source`` into ``model``; only ``predictions`` may be missing or mis-shaped."""
+    """Copies ``source`` into ``model``; only the classifier may be missing or mis-shaped."""
     report = efficientnet_tf.load_weights(model, source, strict=False)
     head = tuple(f"{layer}/" for layer in HEAD_LAYERS)
     other = ([k for k in report.missing + report.unexpected if not k.startswith(head)]
