@@ -39,27 +39,23 @@ TF_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-5)
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """One verified property: ``kind`` "max_abs_diff" (value <= limit), "equal" (value == limit)
-    or "at_least" (value >= limit)."""
+    """One verified property: ``kind`` "max_abs_diff" (value <= limit) or "equal" (value == limit)."""
 
     name: str
     value: object
     limit: object
     passed: bool
     kind: str = "max_abs_diff"
-    detail: str = ""
 
     def describe(self) -> str:
         if self.kind == "max_abs_diff":
             text = f"{self.name}: max-abs diff {self.value:.3g} (limit {self.limit:.3g})"
-        elif self.kind == "at_least":
-            text = f"{self.name}: {self.value} (at least {self.limit})"
         else:
             text = f"{self.name}: {self.value!r}" + ("" if self.passed else f" (expected {self.limit!r})")
-        return text + ("" if self.passed else " FAILED") + (f"; {self.detail}" if self.detail else "")
+        return text + ("" if self.passed else " FAILED")
 
     def as_json(self) -> Dict[str, object]:
-        return {k: _plain(v) for k, v in dataclasses.asdict(self).items() if v != ""}
+        return {k: _plain(v) for k, v in dataclasses.asdict(self).items()}
 
 
 def _plain(value):
@@ -102,14 +98,10 @@ class Verification:
                      f"beyond the tolerance {limit:.4g}")
         return diff
 
-    def equal(self, name: str, value, expected, message: Optional[str] = None, detail: str = "") -> Check:
+    def equal(self, name: str, value, expected, message: Optional[str] = None) -> Check:
         """Records ``value == expected``; raises with ``message`` when not."""
-        return self._record(Check(name, value, expected, value == expected, "equal", detail),
+        return self._record(Check(name, value, expected, value == expected, "equal"),
                             message or f"{name} is {value!r}, expected {expected!r}")
-
-    def at_least(self, name: str, value, minimum, message: Optional[str] = None, detail: str = "") -> Check:
-        return self._record(Check(name, value, minimum, value >= minimum, "at_least", detail),
-                            message or f"{name} is {value!r}, expected at least {minimum!r}")
 
     @property
     def diffs(self) -> Dict[str, float]:
