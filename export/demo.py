@@ -51,7 +51,7 @@ def main(argv):
     model = efficientnet_tf.init_model(name, weights="imagenet")
     size = efficientnet_tf.model_info(name)["resolution"]
     labels = imagenet_labels()
-    found = [(f"{photo} ({photos.get(photo).subject})", data) for photo, data in photos.load(DEMO_PHOTOS)]
+    found = [(f"{photo}: {photos.get(photo).subject}", data) for photo, data in photos.load(DEMO_PHOTOS)]
     config = eval_config(name)
     batch = np.stack([preprocess_bytes(data, config).numpy() for _, data in found])
     keras_probs = model(batch, training=False).numpy()
