@@ -51,6 +51,9 @@ def resolve_source(model, source) -> Tuple[Dict[str, np.ndarray], str]:
     path = os.fspath(source)
     if pretrained.is_named_source(path):
         return pretrained.named_tensors(model, path)
+    if re.fullmatch(r"[A-Za-z0-9_-]+", path) and not os.path.exists(path):  # a mistyped tag
+        raise ValueError(f"Unknown weights {path!r}: no such file, and not a tag. Valid tags: "
+                         f"{', '.join(pretrained.ALIASES)}")
     return _tensors_from_path(model, path)
 
 

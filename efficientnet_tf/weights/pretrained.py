@@ -293,7 +293,7 @@ def _source_tensors(model, resolved: Resolved):
     if os.path.exists(converted):
         problem = download.verify_cached(converted)
         if problem is None:
-            record = download.read_record(converted) or resolved.record()
+            record = (download.read_record(converted) or {}).get("weights") or resolved.record()
             return (keras_files.read_keras_file(converted, model), f"{resolved.describe()}, cached {converted}",
                     record, None)
         print(f"{converted}: {problem}; converting again", file=sys.stderr)
@@ -306,7 +306,7 @@ def _source_tensors(model, resolved: Resolved):
     except ValueError as err:
         download.remove(archive)  # a file that does not unpack is not kept
         raise ValueError(f"{url}: {err} -- the download was deleted, nothing was cached") from None
-    record = dict(resolved.record(), archive_sha256=(download.read_record(archive) or {}).get("sha256"))
+    record = dict(resolved.record(), sha256=(download.read_record(archive) or {}).get("sha256"))
     return tensors, resolved.describe(), record, archive
 
 
@@ -336,7 +336,7 @@ def load_named(model, source: str, strict: bool = True):
         if archive and report.ok:
             _save_converted(model, resolved.converted_path(), record)
     _apply_normalization(model, resolved)
-    remember(model, {k: v for k, v in record.items() if k != "size"})
+    remember(model, record)
     return report
 
 
@@ -358,4 +358,37 @@ def _save_converted(model, path: str, record: Dict[str, object]) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(staging)
-    download.write_record(path, dict(record, sha256=download.file_digest(path), size=os.path.getsize(path)))
+    download.write_record(path, {"sha256": download.file_digest(path), "size": os.path.getsize(path),
+                                 "weights": record})
+
+
+# ----------------------------------------------------------------------------- cache views
+def cache_state(ws: WeightSet) -> str:
+    """'converted', 'converted (notop)', 'archive', or '-' for a set in the cache."""
+    states = []
+    for top in (True, False):
+        if os.path.isfile(Resolved(ws.variant, top, ws).converted_path()):
+            states.append("converted" + ("" if top else " (notop)"))
+    if not states and os.path.isfile(download.cache_path(ws.url)):
+        states.append("archive")
+    return ", ".join(states) or "-"
+
+
+def converted_path(model, source: str) -> str:
+    """Where the conversion of ``source`` for ``model`` is cached."""
+    return resolve(identify_variant(model), source, CLASSIFIER in {layer.name for layer in model.layers}).converted_path()
+
+
+def verify_cache():
+    """(path, problem or None) for every cached download and conversion."""
+    root = download.home()
+    for sub in ("downloads", "converted"):
+        for folder, _, files in sorted(os.walk(os.path.join(root, sub))):
+            for name in sorted(files):
+                if name.endswith((".json", ".part")) or ".tmp-" in name:
+                    continue
+                path = os.path.join(folder, name)
+                record = download.read_record(path) or {}
+                found = published.by_url(record.get("canonical_url") or "")
+                digest = found[0].file(found[1])[1] if found else None
+                yield path, download.verify_cached(path, digest)

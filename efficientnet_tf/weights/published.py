@@ -20,6 +20,7 @@ import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 from efficientnet_tf import config as cfg
+from efficientnet_tf.labels import IMAGENET21K_NUM_CLASSES, IMAGENET_NUM_CLASSES
 
 GCS = "https://storage.googleapis.com"
 TPU_BASE = GCS + "/cloud-tpu-checkpoints/efficientnet"
@@ -27,8 +28,9 @@ V2_BASE = TPU_BASE + "/v2"
 KERAS_V1_BASE = GCS + "/keras-applications"  # keras efficientnet.py BASE_WEIGHTS_PATH
 KERAS_V2_BASE = GCS + "/tensorflow/keras-applications/efficientnet_v2"  # efficientnet_v2.py
 
-IMAGENET_CLASSES = 1000
-IMAGENET21K_CLASSES = 21843  # automl datasets.py ImageNet21kInput num_classes
+# automl datasets.py ImageNet21kInput num_classes=21843 (= the shipped 21k label list).
+IMAGENET21K_CLASSES = IMAGENET21K_NUM_CLASSES
+IMAGENET_CLASSES = IMAGENET_NUM_CLASSES
 LABEL_SETS = ("imagenet", "imagenet21k")
 
 # Input normalizations on the 0-255 scale, (mean, std) per channel; "model" = the variant's own
