@@ -16,6 +16,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
+from efficientnet_tf.spec import model_spec
 from efficientnet_tf.weights.pretrained import weights_record
 
 FORMATS = ("hub", "hub_tf1", "saved_model", "tflite")
@@ -127,9 +128,9 @@ class PreparedModel:
                 "center_crop_fraction": pre.crop_fraction, "resize_method": pre.resize_method,
                 "legacy_tf1_resize": pre.legacy, "function": "efficientnet_tf.preprocessing.preprocess_bytes",
             },
-            # The model's own layer: the loaded weight set decides it (AdvProp: [-1, 1]).
-            "normalization_inside_model": {"mean_rgb": list(self.model.get_layer("preprocessing").mean),
-                                           "stddev_rgb": list(self.model.get_layer("preprocessing").std)},
+            # The model's own (its spec's): the loaded weight set decides it (AdvProp: [-1, 1]).
+            "normalization_inside_model": {"mean_rgb": list(model_spec(self.model).mean_rgb),
+                                           "stddev_rgb": list(model_spec(self.model).stddev_rgb)},
             "weight_set": weights_record(self.model),  # tag, URL, sha256, normalization (None: not published)
             "efficientnet_tf_version": efficientnet_tf.__version__,
         }

