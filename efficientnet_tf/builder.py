@@ -168,6 +168,10 @@ def build_model(name: str, include_top: bool = True, weights=None, input_tensor=
     mean_rgb, stddev_rgb = weight_set.mean_std() if weight_set else (variant.mean_rgb, variant.stddev_rgb)
     if weight_set is not None and include_top and classes == 1000:
         classes = weight_set.classes
+    if weight_set is not None and include_top and classes != weight_set.classes:  # before building
+        raise ValueError(f"weights={weights!r} of {name} has a {weight_set.classes}-class classifier; the model "
+                         f"would have {classes}. Use include_top=False (and add your own head) or "
+                         f"classes={weight_set.classes}.")
 
     images, source_inputs = _input(input_tensor, input_shape)
     x = images

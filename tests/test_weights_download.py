@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import efficientnet_tf
+import efficientnet_tf.spec
 from efficientnet_tf import __main__ as cli
 from efficientnet_tf.weights import download, pretrained, published, tf_checkpoint
 from helpers import relative_error
@@ -106,6 +107,17 @@ def cached_files(home):
 
 def logits(model, images=IMAGES):
     return model(images, training=False).numpy()
+
+
+_TARGETS = {}
+
+
+def target(name):
+    """One model per variant to load into, shared by the tests (every successful strict load
+    overwrites all of its variables and its normalization)."""
+    if name not in _TARGETS:
+        _TARGETS[name] = efficientnet_tf.build_model(name, classifier_activation=None)
+    return _TARGETS[name]
 
 
 def check_equal(reference, got):
@@ -202,13 +214,14 @@ def test_keras_h5_top_and_notop_md5_checked(cache, served, monkeypatch):
 
     # keras' published md5 does not match these files: rejected, nothing cached
     with pytest.raises(download.DownloadError) as err:
-        efficientnet_tf.build_model("efficientnet-b0", weights="keras", classifier_activation=None)
+        efficientnet_tf.load_weights(target("efficientnet-b0"), "keras")
     assert f"md5 {hashlib.md5(files['top']).hexdigest()}, expected {row.hash[4:]}" in str(err.value)
     assert "nothing was cached" in str(err.value)
     assert not [f for f in cached_files(cache) if not f.startswith("tmp")]
 
     _patched_keras_hashes(monkeypatch, "efficientnet-b0", files["top"], files["notop"])
-    model = efficientnet_tf.build_model("efficientnet-b0", weights="keras", classifier_activation=None)
+    model = target("efficientnet-b0")
+    assert efficientnet_tf.load_weights(model, "keras").ok
     check_equal(reference(IMAGES * 255.0, training=False).numpy(), logits(model))
     headless = efficientnet_tf.build_model("efficientnet-b0", weights="keras", include_top=False)
     check_equal(notop(IMAGES * 255.0, training=False).numpy(), logits(headless))
@@ -238,16 +251,18 @@ def test_dropped_download_resumes(cache, served, b0_archive, monkeypatch, which)
 def test_truncated_archive_is_rejected_then_a_good_one_loads(cache, served, b0_archive):
     path = url_path(published.weight_set("efficientnet-b0", "advprop").url)
     served["server"].truncate[path] = len(b0_archive) * 2 // 3  # complete-looking, cut short
+    model = target("efficientnet-b0")
     try:
         with pytest.raises(ValueError, match="truncated or not a valid archive") as err:
-            efficientnet_tf.build_model("efficientnet-b0", weights="advprop")
+            efficientnet_tf.load_weights(model, "advprop")
         assert "nothing was cached" in str(err.value)
         assert not [f for f in cached_files(cache) if not f.startswith("tmp")]
     finally:
         del served["server"].truncate[path]
-    model = efficientnet_tf.build_model("efficientnet-b0", weights="advprop", classifier_activation=None)
+    assert efficientnet_tf.load_weights(model, "advprop").ok
     assert pretrained.weights_record(model)["tag"] == "advprop"
-    assert model.get_layer("preprocessing").mean == [127.5] * 3  # the weights decide: [-1, 1]
+    spec = efficientnet_tf.spec.model_spec(model)
+    assert model.get_layer("preprocessing").mean == [127.5] * 3 and spec.mean_rgb == (127.5,) * 3  # [-1, 1]
     check_equal(advprop_reference(), logits(model))
 
 
@@ -357,8 +372,8 @@ def test_table_facts_and_tag_errors():
     with pytest.raises(ValueError, match="its tags: advprop, imagenet"):
         published.weight_set("efficientnet-b8", "baseline")
     with pytest.raises(ValueError, match="not a tag. Valid tags: baseline, autoaugment"):
-        efficientnet_tf.build_model("efficientnet-b0", weights="autoaugmnet")
-    with pytest.raises(ValueError, match="21843-class classifier; the model has 10"):
+        efficientnet_tf.load_weights(target("efficientnet-b0"), "autoaugmnet")
+    with pytest.raises(ValueError, match="21843-class classifier; the model would have 10"):
         efficientnet_tf.build_model("efficientnetv2-b0", weights="imagenet21k", classes=10)
 
 
