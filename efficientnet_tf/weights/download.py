@@ -20,7 +20,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -340,14 +339,6 @@ def unavailable_message(url: str, dest: str, published_hash: Optional[str], reas
     return (f"Cannot download {url}: {reason}. Offline or unreachable? Put the file there by hand: {dest} "
             f"({expected}), or set ${MIRROR_ENV} to a mirror with the same paths "
             f"(now {os.environ.get(MIRROR_ENV) or 'unset'}).")
-
-
-def copy_into(path: str, dest: str) -> None:
-    """Copies a local file into the cache atomically (for ``weights download --from``)."""
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    staging = f"{dest}.tmp-{os.getpid()}"
-    shutil.copyfile(path, staging)
-    os.replace(staging, dest)
 
 
 __all__ = ["DownloadError", "Progress", "cache_path", "fetch", "file_digest", "home", "is_url", "lock",
