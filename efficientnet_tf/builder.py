@@ -170,7 +170,7 @@ def build_model(name: str, include_top: bool = True, weights=None, input_tensor=
         classes = weight_set.classes
     if weight_set is not None and include_top and classes != weight_set.classes:  # before building
         raise ValueError(f"weights={weights!r} of {name} has a {weight_set.classes}-class classifier; the model "
-                         f"would have {classes}. Use include_top=False (and add your own head) or "
+                         f"has {classes} (classes={classes}). Use include_top=False (and add your own head) or "
                          f"classes={weight_set.classes}.")
 
     images, source_inputs = _input(input_tensor, input_shape)

@@ -373,7 +373,7 @@ def test_table_facts_and_tag_errors():
         published.weight_set("efficientnet-b8", "baseline")
     with pytest.raises(ValueError, match="not a tag. Valid tags: baseline, autoaugment"):
         efficientnet_tf.load_weights(target("efficientnet-b0"), "autoaugmnet")
-    with pytest.raises(ValueError, match="21843-class classifier; the model would have 10"):
+    with pytest.raises(ValueError, match="21843-class classifier; the model has 10"):
         efficientnet_tf.build_model("efficientnetv2-b0", weights="imagenet21k", classes=10)
 
 
