@@ -244,8 +244,7 @@ def _apply_normalization(model, resolved: Resolved) -> None:
                   f"(mean {list(mean)}, std {list(std)} on 0-255)", file=sys.stderr)
             layer.mean, layer.std = list(mean), list(std)
     if (spec.mean_rgb, spec.stddev_rgb) != (mean, std):
-        # spec.py offers no setter for the normalization; the spec is a frozen record: replace it
-        model._efficientnet_spec = dataclasses.replace(spec, mean_rgb=mean, stddev_rgb=std)
+        spec_lib.set_normalization(model, mean, std)
 
 
 def remember(model, record: Dict[str, object]) -> None:
