@@ -51,6 +51,8 @@ class ExportJob:
         """Facts written next to every export (and into the hub modules as an asset)."""
         import efficientnet_tf
         from efficientnet_tf.preprocessing import eval_config
+        from efficientnet_tf.spec import model_spec
+        from efficientnet_tf.weights.pretrained import weights_record
 
         info = efficientnet_tf.model_info(self.model_name)
         pre = eval_config(self.model_name, self.image_size)
@@ -61,12 +63,14 @@ class ExportJob:
             "num_classes": self.num_classes,
             "num_features": info["num_features"],
             "weights": self.weights,
-            "weight_set": None if self.spec is None or self.spec.weights is None else dict(self.spec.weights),
             "eval_preprocessing": {
                 "center_crop_fraction": pre.crop_fraction, "resize_method": pre.resize_method,
                 "legacy_tf1_resize": pre.legacy, "function": "efficientnet_tf.preprocessing.preprocess_bytes",
             },
-            "normalization_inside_model": {"mean_rgb": list(info["mean_rgb"]), "stddev_rgb": list(info["stddev_rgb"])},
+            # The model's own (its spec's): the loaded weight set decides it (AdvProp: [-1, 1]).
+            "normalization_inside_model": {"mean_rgb": list(model_spec(self.model).mean_rgb),
+                                           "stddev_rgb": list(model_spec(self.model).stddev_rgb)},
+            "weight_set": weights_record(self.model),  # tag, URL, sha256, normalization (None: not published)
             "efficientnet_tf_version": efficientnet_tf.__version__,
         }
 
@@ -101,6 +105,7 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
     import efficientnet_tf
     from efficientnet_tf import labels
     from efficientnet_tf.spec import ENDPOINT_LOGITS
+    from efficientnet_tf.weights.pretrained import weights_record
 
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a keras.Model built by efficientnet_tf, got {type(model).__name__}")
@@ -118,7 +123,8 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
         raise ValueError(f"Model input must be [batch, height, width, 3], got {shape}")
     input_hw = (shape[1], shape[2])
     if image_size is None:
-        image_size = input_hw[0] if input_hw[0] is not None else info["resolution"]
+        record = weights_record(model) or {}  # a weight set's own size (L2-475: 475)
+        image_size = input_hw[0] if input_hw[0] is not None else record.get("resolution", info["resolution"])
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size must be an integer >= 32, got {image_size!r}")
     if any(d is not None and d != image_size for d in input_hw):
