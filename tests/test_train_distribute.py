@@ -168,6 +168,9 @@ def test_synchronized_bn_on_a_built_model():
     assert all(l.synchronized and l.get_config()["synchronized"] for l in bn)
 
 
+# Two more worker processes (500 s on the shared 2-core machine, load ~10): beyond the default
+# tier's budget, which holds the single-process SIGTERM tests (tests/test_train_faults.py).
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(photo_tiles, tmp_path):
     """SIGTERM to worker 1 only: the workers agree (an all-reduced flag) to stop after the same
     step, write one consistent checkpoint there (the chief's; worker 1's copy is dropped) and
