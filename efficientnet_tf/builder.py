@@ -141,7 +141,9 @@ def build_model(name: str, include_top: bool = True, weights=None, input_tensor=
     Arguments follow keras.applications. Inputs are RGB floats in [0, 1] of any size unless
     ``input_shape`` fixes one. ``overrides`` may set dropout_rate, drop_connect_rate,
     bn_momentum and bn_epsilon. ``weights`` is anything :func:`efficientnet_tf.load_weights`
-    accepts (loaded strictly), or None for fresh official initialization.
+    accepts (loaded strictly), or None for fresh official initialization; a published tag
+    (``"imagenet"``, ``"advprop"``, ``"imagenet21k"``, ...) also sets the normalization the
+    set was trained with and, with the default ``classes``, its number of classes.
     """
     variant = cfg.get_variant(name)
     if sys.getrecursionlimit() < _RECURSION_LIMIT:
@@ -159,11 +161,22 @@ def build_model(name: str, include_top: bool = True, weights=None, input_tensor=
     bn = {"momentum": settings.get("bn_momentum", variant.bn_momentum),
           "epsilon": settings.get("bn_epsilon", variant.bn_epsilon)}
     act = variant.activation
+    # A published weight set (a tag such as "advprop", or its URL) decides the input
+    # normalization and, for the default classes, the classifier width (21k: 21,843).
+    from efficientnet_tf.weights.pretrained import build_facts
+    weight_set = build_facts(variant.name, weights)
+    mean_rgb, stddev_rgb = weight_set.mean_std() if weight_set else (variant.mean_rgb, variant.stddev_rgb)
+    if weight_set is not None and include_top and classes == 1000:
+        classes = weight_set.classes
+    if weight_set is not None and include_top and classes != weight_set.classes:  # before building
+        raise ValueError(f"weights={weights!r} of {name} has a {weight_set.classes}-class classifier; the model "
+                         f"has {classes} (classes={classes}). Use include_top=False (and add your own head) or "
+                         f"classes={weight_set.classes}.")
 
     images, source_inputs = _input(input_tensor, input_shape)
     x = images
     if include_preprocessing:
-        x = Preprocessing(variant.mean_rgb, variant.stddev_rgb, name="preprocessing")(x)
+        x = Preprocessing(mean_rgb, stddev_rgb, name="preprocessing")(x)
     x = _conv(x, variant.stem_filters, 3, 2, spec_lib.STEM_CONV)
     x = _bn_act(x, "stem_", bn, act)
 
@@ -204,7 +217,7 @@ def build_model(name: str, include_top: bool = True, weights=None, input_tensor=
 
     if source_inputs is not None and len(source_inputs) == 1:
         source_inputs = source_inputs[0]
-    mean, std = (variant.mean_rgb, variant.stddev_rgb)
+    mean, std = (mean_rgb, stddev_rgb)
     spec = spec_lib.ModelSpec(
         variant=variant.name, blocks=tuple(blocks),
         endpoints=spec_lib.endpoint_layers(blocks, pooled, spec_lib.CLASSIFIER if include_top else None),

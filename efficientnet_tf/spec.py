@@ -168,6 +168,14 @@ def set_weights_record(model, record: Optional[Mapping[str, object]]) -> None:
     model._efficientnet_spec = dataclasses.replace(spec, weights=None if record is None else dict(record))
 
 
+def set_normalization(model, mean_rgb: Sequence[float], stddev_rgb: Sequence[float]) -> None:
+    """Records the normalization the model's preprocessing layer applies (a weight set decides it:
+    AdvProp's [-1, 1]); the caller changes the layer itself."""
+    spec = model_spec(model)
+    model._efficientnet_spec = dataclasses.replace(spec, mean_rgb=tuple(float(m) for m in mean_rgb),
+                                                   stddev_rgb=tuple(float(s) for s in stddev_rgb))
+
+
 def _kernel_shape(model, name: str):
     return tuple(model.get_layer(name).kernel.shape)
 

@@ -16,6 +16,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
+from efficientnet_tf.spec import model_spec
+from efficientnet_tf.weights.pretrained import weights_record
+
 FORMATS = ("hub", "hub_tf1", "saved_model", "tflite")
 QUANTIZE_MODES = ("int8",)
 INFO_FILENAME = "export_info.json"
@@ -125,7 +128,10 @@ class PreparedModel:
                 "center_crop_fraction": pre.crop_fraction, "resize_method": pre.resize_method,
                 "legacy_tf1_resize": pre.legacy, "function": "efficientnet_tf.preprocessing.preprocess_bytes",
             },
-            "normalization_inside_model": {"mean_rgb": list(info["mean_rgb"]), "stddev_rgb": list(info["stddev_rgb"])},
+            # The model's own (its spec's): the loaded weight set decides it (AdvProp: [-1, 1]).
+            "normalization_inside_model": {"mean_rgb": list(model_spec(self.model).mean_rgb),
+                                           "stddev_rgb": list(model_spec(self.model).stddev_rgb)},
+            "weight_set": weights_record(self.model),  # tag, URL, sha256, normalization (None: not published)
             "efficientnet_tf_version": efficientnet_tf.__version__,
         }
 
@@ -163,7 +169,8 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
         raise ValueError(f"Model input must be [batch, height, width, 3], got {shape}")
     input_hw = (shape[1], shape[2])
     if image_size is None:
-        image_size = input_hw[0] if input_hw[0] is not None else info["resolution"]
+        record = weights_record(model) or {}  # a weight set's own size (L2-475: 475)
+        image_size = input_hw[0] if input_hw[0] is not None else record.get("resolution", info["resolution"])
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size must be an integer >= 32, got {image_size!r}")
     if any(d is not None and d != image_size for d in input_hw):

@@ -4,8 +4,10 @@ r"""Exports an EfficientNet as TF-Hub modules, a TF Serving SavedModel or TF-Lit
         [--format=hub|hub_tf1|saved_model|tflite] [--quantize=int8] [--num_classes=1000] \
         [--image_size=N] [--labels=FILE] [--calibration_images=GLOB] [--overwrite]
 
-SOURCE is anything ``efficientnet_tf.load_weights`` accepts (``imagenet``, a Keras/.h5 file, an
-official TF checkpoint, a PyTorch state dict, a training checkpoint). Without --weights the
+SOURCE is anything ``efficientnet_tf.load_weights`` accepts: a published weight set by tag
+(``imagenet``, ``autoaugment``, ``advprop``, ``imagenet21k``, ...: ``python -m efficientnet_tf
+weights list``; downloaded once into the cache), a URL, a Keras/.h5 file, an official TF
+checkpoint, a PyTorch state dict, a training checkpoint. Without --weights the
 export holds freshly initialized weights (a warning says so). The export is written next to DIR,
 reloaded, compared with the Keras model on a fixed batch (the max-abs differences are printed;
 a mismatch fails with exit status 1) and only then renamed to DIR.
@@ -27,13 +29,14 @@ from export import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model_name", None, efficientnet_tf.list_models(), "The variant to export.")
-flags.DEFINE_string("weights", None, "Weights source for efficientnet_tf.load_weights (default: none, "
-                    "i.e. freshly initialized weights).")
+flags.DEFINE_string("weights", None, "Weights source for efficientnet_tf.load_weights: a tag (imagenet, "
+                    "autoaugment, advprop, ...), a URL or a file (default: none, i.e. freshly initialized weights).")
 flags.DEFINE_string("export_dir", None, "Output directory (must not exist unless --overwrite).")
 flags.DEFINE_enum("format", "hub", list(common.FORMATS), "What to write: hub = TF2 hub modules "
                   "DIR/classification + DIR/feature_vector; hub_tf1 = TF1 Hub module; saved_model = "
                   "TF Serving DIR/1; tflite = DIR/model.tflite.")
-flags.DEFINE_integer("num_classes", 1000, "Classifier outputs (must match the weights).", lower_bound=1)
+flags.DEFINE_integer("num_classes", 1000, "Classifier outputs (must match the weights; a tag's own, e.g. "
+                     "21843 for imagenet21k, when left at 1000).", lower_bound=1)
 flags.DEFINE_enum("quantize", None, list(common.QUANTIZE_MODES), "tflite only: int8 = full-integer "
                   "quantization calibrated on real photographs.")
 flags.DEFINE_integer("image_size", None, "Input size to document and verify at (default: the variant's "
@@ -74,7 +77,11 @@ def run(argv) -> int:
     class_names = read_labels(FLAGS.labels) if FLAGS.labels else None
     calibration = _calibration_files(FLAGS.calibration_images)
     started = time.perf_counter()
-    model = efficientnet_tf.build_model(FLAGS.model_name, classes=FLAGS.num_classes, classifier_activation=None)
+    from efficientnet_tf.weights.pretrained import build_facts
+
+    weight_set = build_facts(FLAGS.model_name, FLAGS.weights)  # a tag: its classes (21k: 21,843)
+    classes = weight_set.classes if weight_set and FLAGS.num_classes == 1000 else FLAGS.num_classes
+    model = efficientnet_tf.build_model(FLAGS.model_name, classes=classes, classifier_activation=None)
     logging.info("Built %s (%s parameters) in %.1fs", FLAGS.model_name, f"{model.count_params():,}",
                  time.perf_counter() - started)
     if FLAGS.weights:
@@ -99,7 +106,7 @@ def main(argv) -> int:
     except common.VerificationError as err:
         print(f"error: verification failed, nothing was written to {FLAGS.export_dir}: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: also DownloadError (network, hash)
         print(f"error: {err}", file=sys.stderr)
         return 2
 

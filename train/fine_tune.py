@@ -32,15 +32,16 @@ def is_model_dir(source) -> bool:
 
 
 def resolve_source(source, model_name: str):
-    """A run's model directory, or 'imagenet' (the variant's pretrained 1000-class model),
-    becomes a Keras model; anything else is left for load_weights."""
+    """A run's model directory, or a weights tag / URL ('imagenet', 'advprop', ...: the variant's
+    pretrained model with its own classifier), becomes a Keras model; anything else is left for
+    load_weights."""
     if is_model_dir(source):
         return model_from_model_dir(source)
-    if isinstance(source, str) and source.lower() in pretrained.ALIASES:
+    if pretrained.is_named_source(source):  # a weights tag or URL: its own classifier
         with float32_policy():
-            model = efficientnet_tf.build_model(model_name, weights=source.lower(),
+            model = efficientnet_tf.build_model(model_name, weights=source,
                                                 classifier_activation=None)
-        model.name = source.lower()  # named in "Initialized from imagenet"
+        model.name = os.path.basename(source.lower())  # named in "Initialized from imagenet"
         return model
     return source
 

