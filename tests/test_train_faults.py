@@ -43,7 +43,7 @@ def start(args, log_dir, name, **popen):
     return proc
 
 
-def wait_for(proc, predicate, what, timeout=600):
+def wait_for(proc, predicate, what, timeout=1500):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if predicate():
@@ -60,7 +60,7 @@ def reached_step(proc, step):
     return seen
 
 
-def finish(proc, timeout=600):
+def finish(proc, timeout=1500):
     try:
         proc.wait(timeout=timeout)
     finally:
