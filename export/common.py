@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -276,11 +275,12 @@ def write_json(path: str, data) -> None:
 
 @contextlib.contextmanager
 def step(message: str) -> Iterator[None]:
-    """Logs the start and the duration of a long step."""
-    logging.info("%s ...", message)
-    started = time.perf_counter()
-    yield
-    logging.info("%s: done in %.1fs", message, time.perf_counter() - started)
+    """Logs the start and the duration of a long step; on a job's quiet console, a progress line
+    (efficientnet_tf.console)."""
+    from efficientnet_tf import console
+
+    with console.step(message):
+        yield
 
 
 @contextlib.contextmanager

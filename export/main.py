@@ -43,6 +43,14 @@ flags.DEFINE_string("labels", None, "Text file with one class name per line (def
 flags.DEFINE_multi_string("calibration_images", None, "Image files or globs for --quantize=int8 "
                           "(default: the photographs shipped in installed packages).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir once the new export is verified.")
+flags.DEFINE_bool("publish", False, "Also write tfhub.dev / Kaggle Models packages of the hub modules "
+                  "(formats hub, hub_tf1): .tar.gz archives and their documentation pages, into "
+                  "EXPORT_DIR-publish (export/publish.py).")
+flags.DEFINE_string("publisher", None, "--publish: the publisher id (lowercase letters, digits, '-').")
+flags.DEFINE_string("module_name", None, "--publish: the model name, e.g. efficientnet/b0 (default: "
+                    "--model_name); '/classification', '/feature_vector' or '/tf1/...' is appended.")
+flags.DEFINE_integer("version", 1, "--publish: the version of the published modules.", lower_bound=1)
+flags.DEFINE_string("license", "apache-2.0", "--publish: license metadata (a tfhub.dev license id).")
 flags.mark_flags_as_required(["model_name", "export_dir"])
 
 FRESH_WEIGHTS_WARNING = """
@@ -71,6 +79,17 @@ def run(argv) -> int:
     from efficientnet_tf.labels import read_labels
     from export import export_model
 
+    from efficientnet_tf import console
+
+    console.setup_from_flags()
+    if FLAGS.publish:
+        from export import publish
+
+        if not FLAGS.weights:
+            raise ValueError("--publish needs --weights: freshly initialized weights are not worth publishing")
+        publish.check_request(FLAGS.format, FLAGS.publisher, FLAGS.module_name or FLAGS.model_name,
+                              FLAGS.version, FLAGS.license, publish.default_publish_dir(FLAGS.export_dir),
+                              FLAGS.overwrite)
     class_names = read_labels(FLAGS.labels) if FLAGS.labels else None
     calibration = _calibration_files(FLAGS.calibration_images)
     started = time.perf_counter()
@@ -90,6 +109,11 @@ def run(argv) -> int:
                           image_size=FLAGS.image_size, overwrite=FLAGS.overwrite, quantize=FLAGS.quantize,
                           class_names=class_names, calibration_images=calibration, weights=weights)
     print(result.summary())
+    if FLAGS.publish:
+        published = publish.publish(result.export_dir, publish.default_publish_dir(result.export_dir),
+                                    publisher=FLAGS.publisher, module_name=FLAGS.module_name or FLAGS.model_name,
+                                    version=FLAGS.version, license=FLAGS.license, overwrite=FLAGS.overwrite)
+        print(publish.summary(published))
     return 0
 
 
