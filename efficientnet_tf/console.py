@@ -146,9 +146,8 @@ def setup(verbosity: Optional[int] = None) -> int:
         std_logging.getLogger("tensorflow").setLevel(std_logging.DEBUG if verbosity >= 1 else std_logging.INFO)
         warnings.resetwarnings()
         return verbosity
-    # Library warnings hidden, ours kept: the last filter added is matched first.
-    warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=OWN_PACKAGES)
+    # Library warnings hidden; ours keep Python's default treatment.
+    warnings.filterwarnings("ignore", module=rf"(?!{OWN_PACKAGES})")
     try:
         quiet_import_tensorflow()
     except BaseException:
@@ -191,12 +190,13 @@ class Progress:
     WIDTH = 24
 
     def __init__(self, label: str, total: Optional[int] = None, *, stream=None, tty: Optional[bool] = None,
-                 plain_every: int = 1, indent: str = "  "):
+                 plain_every: int = 1, indent: str = "  ", count_lines: bool = True):
         self.label, self.total, self.done = label, total, 0
         self.stream = stream if stream is not None else sys.stderr
         self.tty = _is_tty(self.stream) if tty is None else tty
         self.silent = False
         self.plain_every = max(1, int(plain_every))
+        self.count_lines = count_lines  # plain mode: a line per counted unit (else only per step)
         self.indent = indent
         self.started = self._last = time.perf_counter()
         self.detail = ""
@@ -237,11 +237,19 @@ class Progress:
         self.done += n
         if self.tty:
             self._draw()
-        elif self.done % self.plain_every == 0 or (self.total and self.done >= self.total):
+        elif self.count_lines and (self.done % self.plain_every == 0 or (self.total and self.done >= self.total)):
             now = time.perf_counter()
             count = f" {self.done}/{self.total}" if self.total else f" {self.done}"
             self._write(f"{self.indent}{self.label}{count} ({now - self._last:.1f}s)\n")
             self._last = now
+
+    def print(self, text: str) -> None:
+        """Prints a line of the job's own output (stdout) without tearing the bar."""
+        if self.tty and self._drawn and not self.silent:
+            self._write("\r\x1b[2K")
+        print(text, flush=True)
+        if self.tty and not self.silent:
+            self._draw()
 
     def close(self) -> None:
         """Clears the terminal line (the job prints its own summary next)."""

