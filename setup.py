@@ -1,10 +1,17 @@
 """Packaging for efficientnet_tf (library, trainer and exporters)."""
 
+import ast
 import pathlib
 
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
+
+
+def package_data():
+    """The package data globs, stated once in package_data.bzl (Bazel loads it too)."""
+    text = (HERE / "package_data.bzl").read_text()
+    return ast.literal_eval(text.split("PACKAGE_DATA =", 1)[1].strip())
 
 
 def requirements():
@@ -20,7 +27,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["efficientnet_tf", "efficientnet_tf.*", "export", "export.*",
                                     "train", "train.*"]),
-    package_data={"efficientnet_tf": ["data/*.txt", "data/*.json"]},
+    package_data={"efficientnet_tf": package_data()},
     python_requires=">=3.10",
     install_requires=requirements(),
     extras_require={"torch": ["torch>=2.1", "safetensors>=0.4"]},

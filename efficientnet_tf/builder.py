@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Dict, Optional
 
@@ -10,6 +9,7 @@ import keras
 from keras import layers
 
 from efficientnet_tf import config as cfg
+from efficientnet_tf import spec as spec_lib
 from efficientnet_tf.layers import Preprocessing
 
 # Official initializers (tensorflow/tpu efficientnet_model.py): conv kernels N(0, sqrt(2/fan_out))
@@ -93,7 +93,8 @@ def _squeeze_excite(x, in_filters, ratio, activation, prefix):
 
 
 def _block(x, spec: cfg.BlockSpec, in_filters, stride, drop_rate, activation, bn, prefix):
-    """One MBConv or Fused-MBConv block (official semantics; keras.applications layer names)."""
+    """One MBConv or Fused-MBConv block (official semantics; keras.applications layer names).
+    Returns the block's output and the name of the layer that produces it."""
     inputs = x
     expanded = in_filters * spec.expand
     if spec.kind == cfg.MBCONV:
@@ -119,12 +120,16 @@ def _block(x, spec: cfg.BlockSpec, in_filters, stride, drop_rate, activation, bn
             x = _squeeze_excite(x, in_filters, spec.se_ratio, activation, prefix)
         x = _conv(x, spec.out_filters, spec.kernel, stride, f"{prefix}project_conv")
         x = _bn_act(x, prefix, bn, activation, f"{prefix}project_bn", f"{prefix}project_activation")
+        output = f"{prefix}project_activation"
+    if spec.kind == cfg.MBCONV or spec.expand != 1:
+        output = f"{prefix}project_bn"
     if stride == 1 and in_filters == spec.out_filters:
         if drop_rate > 0:
             # Drop-connect: one Bernoulli draw per example, active only in training.
             x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{prefix}drop")(x)
         x = layers.Add(name=f"{prefix}add")([x, inputs])
-    return x
+        output = f"{prefix}add"
+    return x, output
 
 
 def build_model(name: str, include_top: bool = True, weights=None, input_tensor=None,
@@ -159,12 +164,12 @@ def build_model(name: str, include_top: bool = True, weights=None, input_tensor=
     x = images
     if include_preprocessing:
         x = Preprocessing(variant.mean_rgb, variant.stddev_rgb, name="preprocessing")(x)
-    x = _conv(x, variant.stem_filters, 3, 2, "stem_conv")
+    x = _conv(x, variant.stem_filters, 3, 2, spec_lib.STEM_CONV)
     x = _bn_act(x, "stem_", bn, act)
 
     repeats = variant.stage_repeats()
     rates = cfg.drop_connect_rates(sum(repeats), drop_connect_rate)
-    index = 0
+    blocks = []  # what was built, recorded for the model's spec
     for stage, (spec, count) in enumerate(zip(variant.blocks, repeats), start=1):
         in_filters = cfg.round_filters(spec.in_filters, variant)
         out_filters = cfg.round_filters(spec.out_filters, variant)
@@ -172,72 +177,63 @@ def build_model(name: str, include_top: bool = True, weights=None, input_tensor=
                              in_filters, out_filters, spec.se_ratio)
         for j in range(count):
             prefix = f"block{stage}{cfg.block_letters(j)}_"
-            x = _block(x, spec, in_filters if j == 0 else out_filters, spec.stride if j == 0 else 1,
-                       rates[index], act, bn, prefix)
-            index += 1
+            block_in, stride = (in_filters, spec.stride) if j == 0 else (out_filters, 1)
+            x, output = _block(x, spec, block_in, stride, rates[len(blocks)], act, bn, prefix)
+            blocks.append(spec_lib.BlockInfo(
+                prefix=prefix, stage=stage, position=j, index=len(blocks), kind=spec.kind, stride=stride,
+                kernel=spec.kernel, expand=spec.expand, in_filters=block_in, out_filters=out_filters,
+                se=bool(spec.se_ratio), output=output))
 
-    x = _conv(x, variant.num_features, 1, 1, "top_conv")
+    x = _conv(x, variant.num_features, 1, 1, spec_lib.TOP_CONV)
     x = _bn_act(x, "top_", bn, act)
     # Logits and probabilities stay float32 under mixed precision.
     head_dtype = "float32" if keras.config.dtype_policy().name.startswith("mixed") else None
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if dropout_rate > 0:
-            x = layers.Dropout(dropout_rate, name="top_dropout")(x)
-        x = layers.Dense(classes, kernel_initializer=DENSE_INIT, name="predictions", dtype=head_dtype)(x)
-        if classifier_activation is not None:
-            x = layers.Activation(classifier_activation, name="predictions_activation", dtype=head_dtype)(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    pooled = None
+    if include_top or pooling == "avg":
+        pooled = spec_lib.AVG_POOL
+        x = layers.GlobalAveragePooling2D(name=pooled)(x)
     elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+        pooled = spec_lib.MAX_POOL
+        x = layers.GlobalMaxPooling2D(name=pooled)(x)
+    if include_top:
+        if dropout_rate > 0:
+            x = layers.Dropout(dropout_rate, name=spec_lib.TOP_DROPOUT)(x)
+        x = layers.Dense(classes, kernel_initializer=DENSE_INIT, name=spec_lib.CLASSIFIER, dtype=head_dtype)(x)
+        if classifier_activation is not None:
+            x = layers.Activation(classifier_activation, name=spec_lib.CLASSIFIER_ACTIVATION, dtype=head_dtype)(x)
 
     if source_inputs is not None and len(source_inputs) == 1:
         source_inputs = source_inputs[0]
-    model = keras.Model(images if source_inputs is None else source_inputs, x, name=model_name or variant.name)
+    mean, std = (variant.mean_rgb, variant.stddev_rgb)
+    spec = spec_lib.ModelSpec(
+        variant=variant.name, blocks=tuple(blocks),
+        endpoints=spec_lib.endpoint_layers(blocks, pooled, spec_lib.CLASSIFIER if include_top else None),
+        include_top=include_top, include_preprocessing=include_preprocessing,
+        pooling=None if include_top else pooling, classes=classes if include_top else None,
+        mean_rgb=tuple(float(m) for m in mean), stddev_rgb=tuple(float(s) for s in std))
+    model = spec_lib.EfficientNet(images if source_inputs is None else source_inputs, x,
+                                  name=model_name or variant.name, spec=spec)
     if weights is not None:
         from efficientnet_tf.weights import load_weights
         load_weights(model, weights)
     return model
 
 
-_BLOCK_LAYER = re.compile(r"^block(\d+)([a-z]+)_(\w+)$")
-
-
 def endpoints_model(model: keras.Model) -> keras.Model:
     """A model with the same inputs returning the named endpoints as a dict, in one pass.
 
-    Endpoints are found from the layers themselves, so this works on reloaded models too:
-    ``stem``; ``reduction_i``, the last block output before each stride-2 block and the last
-    block (tensorflow/tpu's convention); ``features`` (head, before pooling);
-    ``pooled_features``; ``logits`` when the model has a classifier.
+    The endpoints are the model's spec's (:func:`efficientnet_tf.spec.endpoint_layers`): ``stem``;
+    ``reduction_i``, the last block output before each stride-2 block and the last block
+    (tensorflow/tpu's convention); ``features`` (head, before pooling); ``pooled_features``;
+    ``logits`` when the model has a classifier.
     """
-    blocks = []  # (prefix, stride, output layer) in network order
-    for layer in model.layers:
-        match = _BLOCK_LAYER.match(layer.name)
-        if not match:
-            continue
-        prefix = f"block{match.group(1)}{match.group(2)}_"
-        if not blocks or blocks[-1][0] != prefix:
-            blocks.append([prefix, 1, layer])
-        blocks[-1][2] = layer  # the block's last layer is its output
-        strides = getattr(layer, "strides", (1, 1))
-        blocks[-1][1] = max(blocks[-1][1], strides[0])
-    if not blocks:
-        raise ValueError(f"{model.name!r} has no EfficientNet blocks (layers named block<N><letter>_...)")
-    outputs = {"stem": model.get_layer("stem_activation").output}
-    reduction = 0
-    for i, (_, _, layer) in enumerate(blocks):
-        if i == len(blocks) - 1 or blocks[i + 1][1] > 1:
-            reduction += 1
-            outputs[f"reduction_{reduction}"] = layer.output
-    features = model.get_layer("top_activation").output
-    outputs["features"] = features
-    names = {layer.name for layer in model.layers}
-    if "avg_pool" in names:
-        outputs["pooled_features"] = model.get_layer("avg_pool").output
-    else:
-        outputs["pooled_features"] = layers.GlobalAveragePooling2D(name="pooled_features")(features)
-    if "predictions" in names:
-        outputs["logits"] = model.get_layer("predictions").output
-    return keras.Model(model.input, outputs, name=f"{model.name}_endpoints")
+    spec = spec_lib.model_spec(model)
+    outputs = {name: model.get_layer(layer).output for name, layer in spec.endpoints.items()}
+    if spec_lib.ENDPOINT_POOLED not in outputs:
+        outputs[spec_lib.ENDPOINT_POOLED] = layers.GlobalAveragePooling2D(name=spec_lib.ENDPOINT_POOLED)(
+            outputs[spec_lib.ENDPOINT_FEATURES])
+    ordered = {k: outputs[k] for k in spec.endpoints if k != spec_lib.ENDPOINT_LOGITS}
+    ordered[spec_lib.ENDPOINT_POOLED] = outputs[spec_lib.ENDPOINT_POOLED]
+    if spec_lib.ENDPOINT_LOGITS in outputs:
+        ordered[spec_lib.ENDPOINT_LOGITS] = outputs[spec_lib.ENDPOINT_LOGITS]
+    return keras.Model(model.input, ordered, name=f"{model.name}_endpoints")

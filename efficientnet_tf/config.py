@@ -143,11 +143,13 @@ class Variant:
             for i, b in enumerate(self.blocks)
         ]
 
-    def eval_crop_fraction(self) -> float:
-        """Fraction of the shorter image side kept by the evaluation centre crop (1.0 = no crop)."""
-        if self.crop_below is not None and self.resolution >= self.crop_below:
+    def eval_crop_fraction(self, image_size: Optional[int] = None) -> float:
+        """Fraction of the shorter image side kept by the evaluation centre crop at ``image_size``
+        (default: the variant's resolution); 1.0 = no crop. The one statement of the crop rule."""
+        size = self.resolution if image_size is None else image_size
+        if self.crop_below is not None and size >= self.crop_below:
             return 1.0
-        return self.resolution / (self.resolution + self.crop_padding)
+        return size / (size + self.crop_padding)
 
 
 def round_filters(filters: int, variant: Variant, skip: bool = False) -> int:
@@ -184,6 +186,14 @@ def block_letters(index: int) -> str:
         index, rem = divmod(index - 1, 26)
         letters = chr(97 + rem) + letters
     return letters
+
+
+def block_letters_index(letters: str) -> int:
+    """'a' -> 0, 'z' -> 25, 'aa' -> 26: the inverse of :func:`block_letters`."""
+    value = 0
+    for char in letters:
+        value = value * 26 + (ord(char) - 96)
+    return value - 1
 
 
 # ----------------------------------------------------------------------------- the table

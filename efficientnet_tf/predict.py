@@ -16,6 +16,8 @@ from typing import Dict, List, Sequence, Union
 
 import numpy as np
 
+from efficientnet_tf.spec import model_spec
+
 ImageInput = Union[str, os.PathLike, bytes, np.ndarray]
 _EXIF_ORIENTATION = 0x0112  # 1 = upright; 2..8 = mirrored and/or rotated
 
@@ -103,13 +105,11 @@ def _class_names(model, names=None):
 def predict_top_k(model, images: Sequence[ImageInput], k: int = 5, class_names=None) -> List[List[Dict]]:
     """Top-``k`` predictions for each image, best first:
     ``[[{"pred_class": "tabby", "pred_label": 281, "pred_score": 0.87}, ...], ...]``."""
-    from efficientnet_tf.weights.pretrained import identify_variant
-
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if len(model.output.shape) != 2:
         raise ValueError(f"{model.name!r} has no classifier (include_top=False); build it with include_top=True")
-    variant = identify_variant(model)
+    variant = model_spec(model).variant
     names = _class_names(model, class_names)
     batch = np.stack([preprocess_image(image, variant) for image in images])
     probabilities = _probabilities(model, batch)

@@ -59,20 +59,16 @@ def eval_config(model_name: str, image_size: Optional[int] = None) -> EvalConfig
     At the variant's resolution the crop fraction equals ``model_info(name)['eval_crop_fraction']``;
     at another size the official formula is applied to that size.
     """
-    from efficientnet_tf.config import model_info
+    from efficientnet_tf.config import get_variant
 
-    info = model_info(model_name)
-    size = info["resolution"] if image_size is None else image_size
+    variant = get_variant(model_name)
+    size = variant.resolution if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    crop_below = info["crop_below"]
-    if crop_below is not None and size >= crop_below:
-        fraction = 1.0
-    else:
-        fraction = size / (size + info["crop_padding"])
     # automl's V2-S/M/L/XL pipeline is the only non-legacy one (it is also the only one with
     # crop_below); V2-B0..B3 were trained with the legacy V1 recipe.
-    return EvalConfig(size, fraction, info["resize_method"], legacy=crop_below is None)
+    return EvalConfig(size, variant.eval_crop_fraction(size), variant.resize_method,
+                      legacy=variant.crop_below is None)
 
 
 def _resolve(config: Union[EvalConfig, str]) -> EvalConfig:

@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 import efficientnet_tf
+from efficientnet_tf import config as cfg
+from efficientnet_tf import spec as spec_lib
 from efficientnet_tf.weights import naming, tf_checkpoint, torch_source
 from helpers import randomize_like_trained
 
@@ -263,13 +265,16 @@ def test_state_dict_of_another_variant(tmp_path):
 
 
 def test_block_structure_read_from_layers():
-    blocks = naming.model_blocks(trained_like("efficientnetv2-b0"))
+    model = trained_like("efficientnetv2-b0")
+    blocks = naming.model_blocks(model)
     assert [b.prefix for b in blocks[:3]] == ["block1a_", "block2a_", "block2b_"]
-    assert (blocks[0].fused, blocks[0].expand, blocks[0].se) == (True, False, False)
-    assert (blocks[1].fused, blocks[1].expand) == (True, True)
-    assert (blocks[5].fused, blocks[5].expand, blocks[5].se) == (False, True, True)
-    assert (blocks[-1].stage, blocks[-1].index, blocks[-1].number) == (6, 7, 20)
-    assert naming.letters_index("aa") == 26 and naming.letters_index("z") == 25
+    assert (blocks[0].fused, blocks[0].has_expand_conv, blocks[0].se) == (True, False, False)
+    assert (blocks[1].fused, blocks[1].has_expand_conv) == (True, True)
+    assert (blocks[5].fused, blocks[5].has_expand_conv, blocks[5].se) == (False, True, True)
+    assert (blocks[-1].stage, blocks[-1].position, blocks[-1].index) == (6, 7, 20)
+    assert cfg.block_letters_index("aa") == 26 and cfg.block_letters_index("z") == 25
+    # What the builder recorded is what the layers say (the derivation for models without a spec).
+    assert spec_lib.derive_spec(model) == spec_lib.model_spec(model)
 
 
 def test_unreadable_sources(tmp_path):

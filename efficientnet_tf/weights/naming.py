@@ -4,7 +4,7 @@ One table per scheme says which of their layers is which of ours; one table per 
 how variables are named and laid out. Loading and exporting both read these tables, so the two
 directions cannot drift apart.
 
-Schemes (facts from the public code, see /work/notes/weights_research.md):
+Schemes (facts from the public code: tensorflow/tpu, google/automl, efficientnet_pytorch, timm):
 - ``tf``: official TensorFlow checkpoints of tensorflow/tpu (V1, Lite; ``efficientnet_model.py``)
   and google/automl (V2; ``effnetv2_model.py``). Blocks are ``blocks_{i}`` with a global index i;
   inside a block the tf.layers default names count up in call order (``conv2d``, ``conv2d_1``;
@@ -21,56 +21,23 @@ PyTorch layouts: conv OIHW, depthwise (C, 1, kh, kw), dense (out, in); ours HWIO
 
 from __future__ import annotations
 
-import dataclasses
-import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from efficientnet_tf.spec import CLASSIFIER, BlockInfo, model_spec
+
 SCHEMES = ("tf", "efficientnet_pytorch", "timm")
-_BLOCK_LAYER = re.compile(r"^(block(\d+)([a-z]+)_)(\w+)$")
 
 
-@dataclasses.dataclass(frozen=True)
-class Block:
-    """One block of a built model, described by the layers it has."""
-
-    prefix: str  # "block2a_"
-    stage: int  # 1-based
-    index: int  # 0-based position inside its stage
-    number: int  # 0-based position in the network (the official global block index)
-    fused: bool
-    expand: bool
-    se: bool
-
-
-def letters_index(letters: str) -> int:
-    """'a' -> 0, 'z' -> 25, 'aa' -> 26 (inverse of config.block_letters)."""
-    value = 0
-    for char in letters:
-        value = value * 26 + (ord(char) - 96)
-    return value - 1
-
-
-def model_blocks(model) -> List[Block]:
-    """The blocks of ``model`` in network order, found from its layer names."""
-    seen: Dict[str, Tuple[int, int, set]] = {}
-    for layer in model.layers:
-        match = _BLOCK_LAYER.match(layer.name)
-        if match:
-            prefix = match.group(1)
-            entry = seen.setdefault(prefix, (int(match.group(2)), letters_index(match.group(3)), set()))
-            entry[2].add(match.group(4))
-    blocks = []
-    for number, (prefix, (stage, index, parts)) in enumerate(seen.items()):
-        blocks.append(Block(prefix, stage, index, number, fused="dwconv" not in parts,
-                            expand="expand_conv" in parts, se="se_reduce" in parts))
-    return blocks
+def model_blocks(model) -> Tuple[BlockInfo, ...]:
+    """The blocks of ``model`` in network order (from its spec)."""
+    return model_spec(model).blocks
 
 
 def layer_kind(our_layer: str) -> str:
     """conv | depthwise | bn | dense, from our layer name."""
-    if our_layer == "predictions":
+    if our_layer == CLASSIFIER:
         return "dense"
     if our_layer.endswith("dwconv"):
         return "depthwise"
@@ -120,9 +87,9 @@ _TIMM_BLOCK = {
 }
 
 
-def _block_layers(block: Block) -> List[str]:
+def _block_layers(block: BlockInfo) -> List[str]:
     """Our weight-carrying layers of a block in call order (without the prefix)."""
-    names = ["expand_conv", "expand_bn"] if block.expand else []
+    names = ["expand_conv", "expand_bn"] if block.has_expand_conv else []
     if not block.fused:
         names += ["dwconv", "bn"]
     if block.se:
@@ -130,7 +97,7 @@ def _block_layers(block: Block) -> List[str]:
     return names + ["project_conv", "project_bn"]
 
 
-def _tf_block(block: Block) -> Dict[str, str]:
+def _tf_block(block: BlockInfo) -> Dict[str, str]:
     """tf.layers default names: one counter for convs and one for BNs, in call order."""
     table, convs, bns = {}, 0, 0
     for name in _block_layers(block):
@@ -147,26 +114,26 @@ def _tf_block(block: Block) -> Dict[str, str]:
     return table
 
 
-def _timm_block_class(block: Block) -> str:
+def _timm_block_class(block: BlockInfo) -> str:
     if block.fused:
-        return "EdgeResidual" if block.expand else "ConvBnAct"
-    return "InvertedResidual" if block.expand else "DepthwiseSeparableConv"
+        return "EdgeResidual" if block.has_expand_conv else "ConvBnAct"
+    return "InvertedResidual" if block.has_expand_conv else "DepthwiseSeparableConv"
 
 
-def layer_table(blocks: List[Block], scheme: str) -> Dict[str, str]:
+def layer_table(blocks: Sequence[BlockInfo], scheme: str) -> Dict[str, str]:
     """Our layer name -> the scheme's layer path (``.`` separated for torch, ``/`` for tf)."""
     if scheme not in SCHEMES:
         raise ValueError(f"Unknown naming scheme {scheme!r}; valid schemes: {SCHEMES}")
     table = dict(_TOP[scheme])
     for block in blocks:
         if scheme == "tf":
-            inner, where = _tf_block(block), f"blocks_{block.number}/"
+            inner, where = _tf_block(block), f"blocks_{block.index}/"
         elif scheme == "timm":
-            inner, where = _TIMM_BLOCK[_timm_block_class(block)], f"blocks.{block.stage - 1}.{block.index}."
+            inner, where = _TIMM_BLOCK[_timm_block_class(block)], f"blocks.{block.stage - 1}.{block.position}."
         else:
             if block.fused:  # efficientnet_pytorch has no Fused-MBConv: these stay unmapped
                 continue
-            inner, where = _EFFICIENTNET_PYTORCH_BLOCK, f"_blocks.{block.number}."
+            inner, where = _EFFICIENTNET_PYTORCH_BLOCK, f"_blocks.{block.index}."
         for name in _block_layers(block):
             if name in inner:
                 table[block.prefix + name] = where + inner[name]

@@ -84,28 +84,10 @@ def _unavailable(variant: str, installed: Dict[str, str]) -> str:
 
 
 def identify_variant(model) -> str:
-    """The variant a model was built as: its name if that is a variant, else the one whose stage
-    depths, stem/head widths and SE use match the model's layers."""
-    if model.name in cfg.list_models():
-        return model.name
-    from efficientnet_tf.weights.naming import model_blocks
+    """The variant a model was built as (its spec's)."""
+    from efficientnet_tf.spec import model_spec
 
-    blocks = model_blocks(model)
-    stages = [sum(1 for b in blocks if b.stage == s) for s in range(1, max((b.stage for b in blocks), default=0) + 1)]
-    try:
-        stem = model.get_layer("stem_conv").kernel.shape[-1]
-        head = model.get_layer("top_conv").kernel.shape[-1]
-    except ValueError:
-        raise ValueError(f"{model.name!r} is not an efficientnet_tf model (no stem_conv/top_conv)") from None
-    se = any(b.se for b in blocks)
-    last = model.get_layer(blocks[-1].prefix + "project_conv").kernel.shape[-1] if blocks else None
-    for name in cfg.list_models():
-        v = cfg.get_variant(name)
-        if (v.stage_repeats() == stages and v.stem_filters == stem and v.num_features == head
-                and cfg.round_filters(v.blocks[-1].out_filters, v) == last
-                and any(b.se_ratio for b in v.blocks) == se):
-            return name
-    raise ValueError(f"Cannot tell which variant {model.name!r} is; build it with efficientnet_tf.build_model")
+    return model_spec(model).variant
 
 
 def imagenet_tensors(model) -> Dict[str, np.ndarray]:
