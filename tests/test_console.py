@@ -143,6 +143,7 @@ def test_verbose_setup_brings_details_back(restored_logging):
     assert len(seen) == 1
 
 
+@pytest.mark.slow
 def test_cli_jobs_print_only_their_own_lines():
     """The predict CLI's package entry point and train.main (whose console.setup imports
     TensorFlow), run at once."""

@@ -66,7 +66,7 @@ def test_cli_console_is_quiet_and_lists_the_packages(published):
     for fmt, (_, publish_dir, stdout, stderr) in published.items():
         assert log_lines(stdout + stderr) == [], (stdout + stderr)[-3000:]
         assert "Weights: " in stdout and "max-abs diff" in stdout  # the job's own lines are there
-        assert "Published" in stdout and f"acme/efficientnet/lite0/" in stdout
+        assert "Published" in stdout and "acme/efficientnet/lite0/" in stdout
         assert len((stdout + stderr).splitlines()) <= 25, stdout + stderr  # readable: a screen or less
         # the long steps were shown (plain lines: not a terminal)
         assert re.search(r"^  \S.*: .* \(\d+\.\ds\)$", stderr, re.M), stderr
@@ -253,10 +253,10 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def _run_snippets(published, tmp_path, sections):
-    """Runs the python blocks of ``sections`` of the classification pages (TF2 and TF1)."""
+def _run_snippets(published, tmp_path, sections, formats):
+    """Runs the python blocks of ``sections`` of the classification pages of ``formats``."""
     jobs, expected = [], {}
-    for fmt in ("hub", "hub_tf1"):
+    for fmt in formats:
         publish_dir = published[fmt][1]
         docs = os.path.join(publish_dir, "docs")
         for rel in _pages(publish_dir):
@@ -292,9 +292,12 @@ def _section(text, title):
 
 
 def test_usage_snippets_run_against_the_archived_modules(published, tmp_path):
-    _run_snippets(published, tmp_path, ["Usage"])
+    """TF2: hub.KerasLayer, hub.load and Keras 3's TFSMLayer (the TF1 page: the slow tier)."""
+    _run_snippets(published, tmp_path, ["Usage"], ["hub"])
 
 
 @pytest.mark.slow
-def test_fine_tuning_snippets_run_against_the_archived_modules(published, tmp_path):
-    _run_snippets(published, tmp_path, ["Usage", "Fine-tuning"])
+def test_all_snippets_run_against_the_archived_modules(published, tmp_path):
+    """Usage and Fine-tuning (tf_keras fit with trainable=True; the TF1 {"train"} graph under a
+    GradientTape), TF2 and TF1."""
+    _run_snippets(published, tmp_path, ["Usage", "Fine-tuning"], ["hub", "hub_tf1"])
