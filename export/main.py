@@ -18,11 +18,9 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app, flags, logging  # noqa: E402
 
-import efficientnet_tf  # noqa: E402
+import efficientnet_tf  # noqa: E402  (efficientnet_tf.console quiets TensorFlow's start-up unless -v)
 from export import common  # noqa: E402
 
 FLAGS = flags.FLAGS
