@@ -316,7 +316,7 @@ def render(page: ModulePage) -> str:
              f"- **Weights**: {info.get('weights', 'unspecified')}.", "",
              "## Signatures", "", *_signature_table(page), "",
              "## Usage", "",
-             "Replace `HANDLE` with the location of this module (an URL or a local directory holding the "
+             "Replace `HANDLE` with the location of this module (a URL or a local directory holding the "
              "extracted archive).", "",
              *(_usage_tf1(page) if page.format == "hub_tf1" else _usage_tf2(page)), "",
              "## Fine-tuning", "", *_fine_tuning(page), "",
