@@ -60,11 +60,11 @@ def write_jpegs(root: str, copies: int = 4) -> list[str]:
 
 def training_dataset(root, args, check_corrupt=True):
     from train import input_pipeline
-    return input_pipeline.build_dataset(
+    return input_pipeline.build_dataset(input_pipeline.PipelineSpec(
         root, None, is_training=True, image_size=args.size, batch_size=args.batch,
         resize_method="bicubic", crop_rule="v1", augment_name="randaugment",
         randaug_num_layers=args.randaug_layers, randaug_magnitude=args.randaug_magnitude,
-        num_classes=1000, seed=0, check_corrupt=check_corrupt)
+        num_classes=1000, seed=0, check_corrupt=check_corrupt))
 
 
 def one_core(ds):

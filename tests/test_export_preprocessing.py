@@ -95,7 +95,8 @@ def test_same_as_the_trainers_eval_preprocessing(encoded):
         config = pp.eval_config(name, image_size=128)
         rule = train_pp.crop_rule_for_model(name)
         for photo, fmt, data, _ in encoded:
-            theirs = train_pp.preprocess_for_eval(data, 128, config.resize_method, rule).numpy()
+            theirs = train_pp.finish_for_eval(train_pp.decode_for_eval(data, 128, rule), 128,
+                                              config.resize_method, rule).numpy()
             np.testing.assert_array_equal(pp.preprocess_bytes(data, config).numpy(), theirs, err_msg=f"{name} {photo} {fmt}")
 
 

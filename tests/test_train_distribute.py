@@ -166,3 +166,57 @@ def test_synchronized_bn_on_a_built_model():
     bn = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert distribute.set_synchronized_bn(model) == len(bn) > 40
     assert all(l.synchronized and l.get_config()["synchronized"] for l in bn)
+
+
+def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(photo_tiles, tmp_path):
+    """SIGTERM to worker 1 only: the workers agree (an all-reduced flag) to stop after the same
+    step, write one consistent checkpoint there (the chief's; worker 1's copy is dropped) and
+    both exit 0 holding the same weights."""
+    import signal
+    import time
+
+    model_dir = str(tmp_path / "run")
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    procs, logs = [], []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        out, err = open(tmp_path / f"w{index}.out", "w+"), open(tmp_path / f"w{index}.err", "w+")
+        logs.append((out, err))
+        procs.append(subprocess.Popen(
+            command(f"--model_dir={model_dir}", f"--dataset={photo_tiles}", "--train_steps=400",
+                    "--config=runtime.checkpoint_every_steps=1000",
+                    "--config=runtime.log_every_steps=1", *COMPARABLE),
+            cwd=ROOT, env=env(TF_CONFIG=tf_config), stdout=out, stderr=err, text=True))
+    outputs = []
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            if "step 2/400" in (tmp_path / "w0.err").read_text():
+                break
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), "a worker ended before the signal"
+        procs[1].send_signal(signal.SIGTERM)
+        for proc, (out, err) in zip(procs, logs):
+            proc.wait(timeout=600)
+            out.seek(0)
+            err.seek(0)
+            outputs.append((out.read(), err.read()))
+    finally:
+        for proc, (out, err) in zip(procs, logs):
+            if proc.poll() is None:
+                proc.kill()
+            out.close()
+            err.close()
+    for proc, (stdout, stderr) in zip(procs, outputs):
+        check_ok(proc, stdout, stderr)
+    stops = [re.search(r"Stopped by (.+) at step (\d+)/400", stdout) for stdout, _ in outputs]
+    assert stops[0] and stops[1], [o[0][-1000:] for o in outputs]
+    assert stops[1].group(1) == "SIGTERM" and stops[0].group(1) == "a signal to another worker"
+    at = int(stops[0].group(2))
+    assert int(stops[1].group(2)) == at and 2 <= at < 400
+    (chief,), (other,) = digest(outputs[0][0]), digest(outputs[1][0])
+    assert chief[2] == other[2]  # the same weights on both at the stop
+    path = os.path.join(model_dir, f"ckpt-{at}")
+    assert f"saved {path}." in outputs[0][0]
+    assert len(checkpoint_tensors(path)) > 400  # complete and readable
+    assert not os.path.exists(os.path.join(model_dir, "tmp_workers", "worker_1", f"ckpt-{at}.index"))

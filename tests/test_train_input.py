@@ -36,6 +36,12 @@ def photo_folder(tmp_path_factory):
     return root
 
 
+def build(*args, corrupt_counter=None, input_context=None, **fields):
+    """build_dataset of a PipelineSpec made from ``args`` and ``fields``."""
+    return ip.build_dataset(ip.PipelineSpec(*args, **fields), corrupt_counter=corrupt_counter,
+                            input_context=input_context)
+
+
 def _image_hashes(ds):
     return sorted(hashlib.md5(image.tobytes()).hexdigest()
                   for images, _ in ds for image in images.numpy())
@@ -80,8 +86,8 @@ def test_train_pipeline_on_digits(digits_dir):
     kwargs = dict(is_training=True, image_size=48, batch_size=16, augment_name="randaugment",
                   randaug_num_layers=1, randaug_magnitude=9, mixup_alpha=0.2, cutmix_alpha=1.0,
                   num_classes=10, deterministic=True, seed=3, shuffle_buffer_size=256)
-    first = list(ip.build_dataset("sklearn_digits", "train", digits_dir, **kwargs).take(2))
-    second = list(ip.build_dataset("sklearn_digits", "train", digits_dir, **kwargs).take(2))
+    first = list(build("sklearn_digits", "train", digits_dir, **kwargs).take(2))
+    second = list(build("sklearn_digits", "train", digits_dir, **kwargs).take(2))
     for (images, labels), (images2, labels2) in zip(first, second):
         assert images.shape == (16, 48, 48, 3) and images.dtype == tf.float32
         assert labels.shape == (16, 10) and labels.dtype == tf.float32
@@ -89,7 +95,7 @@ def test_train_pipeline_on_digits(digits_dir):
         np.testing.assert_allclose(tf.reduce_sum(labels, axis=1), 1.0, rtol=1e-5)
         np.testing.assert_array_equal(images, images2)
         np.testing.assert_array_equal(labels, labels2)
-    other = next(iter(ip.build_dataset("sklearn_digits", "train", digits_dir,
+    other = next(iter(build("sklearn_digits", "train", digits_dir,
                                        **dict(kwargs, seed=4))))
     assert not np.array_equal(other[0], first[0][0])
 
@@ -98,7 +104,7 @@ def test_eval_pipeline_covers_the_split_in_order(digits_dir):
     facts = ip.dataset_facts("sklearn_digits", "test", digits_dir)
     assert (facts.num_examples, facts.num_classes) == (360, 10)
     assert ip.steps_per_epoch(facts.num_examples, 64, drop_remainder=False) == 6
-    ds = ip.build_dataset("sklearn_digits", "test", digits_dir, is_training=False,
+    ds = build("sklearn_digits", "test", digits_dir, is_training=False,
                           image_size=32, batch_size=64, deterministic=True)
     batches = list(ds)
     assert len(batches) == 6 and batches[-1][0].shape[0] == 360 - 5 * 64
@@ -115,7 +121,7 @@ def test_input_context_shards_are_disjoint_and_complete(digits_dir):
         context = tf.distribute.InputContext(num_input_pipelines=2,
                                              input_pipeline_id=pipeline_id,
                                              num_replicas_in_sync=2)
-        return ip.build_dataset("sklearn_digits", "test", digits_dir, is_training=False,
+        return build("sklearn_digits", "test", digits_dir, is_training=False,
                                 image_size=16, batch_size=64, input_context=context,
                                 deterministic=True)
 
@@ -123,7 +129,7 @@ def test_input_context_shards_are_disjoint_and_complete(digits_dir):
     assert next(iter(shards[0]))[0].shape[0] == 32  # per-replica share of the global batch
     hashes = [_image_hashes(s) for s in shards]
     assert len(hashes[0]) == len(hashes[1]) == 180
-    everything = ip.build_dataset("sklearn_digits", "test", digits_dir, is_training=False,
+    everything = build("sklearn_digits", "test", digits_dir, is_training=False,
                                   image_size=16, batch_size=64, deterministic=True)
     assert sorted(hashes[0] + hashes[1]) == _image_hashes(everything)
 
@@ -140,14 +146,14 @@ def test_mocked_imagenet2012(imagenet_metadata):
         assert ip.steps_per_epoch(validation.num_examples, 4096, drop_remainder=False) == 13
         assert ip.steps_per_epoch(validation.num_examples, 1000) == 50
 
-        ds = ip.build_dataset("imagenet2012", "validation", is_training=False, image_size=40,
+        ds = build("imagenet2012", "validation", is_training=False, image_size=40,
                               batch_size=5, deterministic=True)
         batches = list(ds)
         assert [b[0].shape for b in batches] == [(5, 40, 40, 3)] * 2
         labels = np.concatenate([b[1].numpy() for b in batches])
         assert ((labels >= 0) & (labels <= 999)).all()
 
-        ds = ip.build_dataset("imagenet2012", "train", is_training=True, image_size=40,
+        ds = build("imagenet2012", "train", is_training=True, image_size=40,
                               batch_size=4, num_classes=1000, deterministic=True,
                               shuffle_buffer_size=16)
         images, labels = next(iter(ds))
@@ -157,7 +163,7 @@ def test_mocked_imagenet2012(imagenet_metadata):
 
 def test_missing_imagenet_manual_files_error(tmp_path):
     with pytest.raises(ip.ManualDownloadError) as error:
-        ip.build_dataset("imagenet2012", "train", str(tmp_path), is_training=True,
+        build("imagenet2012", "train", str(tmp_path), is_training=True,
                          image_size=224, batch_size=8)
     message = str(error.value)
     assert os.path.join(str(tmp_path), "downloads", "manual") in message
@@ -175,17 +181,17 @@ def test_image_folder_listing_and_pipeline(photo_folder):
     facts = ip.dataset_facts(photo_folder, "train")
     assert (facts.num_examples, facts.num_classes) == (5, 2)
 
-    ds = ip.build_dataset(photo_folder, "train", is_training=False, image_size=24,
+    ds = build(photo_folder, "train", is_training=False, image_size=24,
                           batch_size=5, num_classes=2, deterministic=True)
     images, one_hot = next(iter(ds))
     assert images.shape == (5, 24, 24, 3)
     np.testing.assert_array_equal(one_hot.numpy().argmax(1), [0, 0, 0, 1, 1])
-    unchecked = ip.build_dataset(photo_folder, "train", is_training=False, image_size=24,
+    unchecked = build(photo_folder, "train", is_training=False, image_size=24,
                                  batch_size=5, num_classes=2, deterministic=True,
                                  check_corrupt=False)
     np.testing.assert_array_equal(next(iter(unchecked))[0], images)
 
-    train = ip.build_dataset(photo_folder, "train", is_training=True, image_size=24,
+    train = build(photo_folder, "train", is_training=True, image_size=24,
                              batch_size=4, augment_name="autoaugment", seed=1,
                              shuffle_buffer_size=8)
     images, labels = next(iter(train))
@@ -213,10 +219,10 @@ def test_corrupt_examples_raise_or_are_skipped_and_counted(tmp_path):
     kwargs = dict(is_training=True, image_size=32, batch_size=1, repeat=False,
                   deterministic=True, shuffle_buffer_size=4)
     with pytest.raises(tf.errors.InvalidArgumentError, match="truncated.jpg|text.png"):
-        list(ip.build_dataset(str(root), None, **kwargs))
+        list(build(str(root), None, **kwargs))
 
     counter = ip.CorruptCounter()
-    kept = list(ip.build_dataset(str(root), None, skip_corrupt=True, corrupt_counter=counter,
+    kept = list(build(str(root), None, skip_corrupt=True, corrupt_counter=counter,
                                  **kwargs))
     assert len(kept) == 2 and counter.count == 2
     assert sorted(int(labels[0]) for _, labels in kept) == [0, 1]
@@ -225,8 +231,8 @@ def test_corrupt_examples_raise_or_are_skipped_and_counted(tmp_path):
 def test_build_dataset_argument_errors(digits_dir):
     common = dict(is_training=True, image_size=32, batch_size=4)
     with pytest.raises(ValueError, match="'augmix'.*'autoaugment', 'randaugment'"):
-        ip.build_dataset("sklearn_digits", "train", digits_dir, augment_name="augmix", **common)
+        build("sklearn_digits", "train", digits_dir, augment_name="augmix", **common)
     with pytest.raises(ValueError, match="need num_classes"):
-        ip.build_dataset("sklearn_digits", "train", digits_dir, mixup_alpha=0.2, **common)
+        build("sklearn_digits", "train", digits_dir, mixup_alpha=0.2, **common)
     with pytest.raises(ValueError, match="'cubic'.*'bicubic'"):
-        ip.build_dataset("sklearn_digits", "train", digits_dir, resize_method="cubic", **common)
+        build("sklearn_digits", "train", digits_dir, resize_method="cubic", **common)

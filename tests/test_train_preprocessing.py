@@ -6,6 +6,7 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
+from efficientnet_tf import preprocessing as eval_lib
 from train import preprocessing as pp
 
 SEED = tf.constant([11, 5], tf.int64)
@@ -42,16 +43,16 @@ def _legacy_bicubic(image, size):
 
 def test_center_crop_window_exact():
     # V1: crop = int(224 / (224 + 32) * 300) = int(262.5) = 262; offsets ((h - c) + 1) // 2.
-    np.testing.assert_array_equal(pp.center_crop_window(300, 451, 224), [19, 95, 262, 262])
+    np.testing.assert_array_equal(eval_lib.center_crop_window(300, 451, pp.eval_config(224)), [19, 95, 262, 262])
     # V2 below 320: crop = int(300 / 332 * 300) = 271; offsets (h - c) // 2.
-    np.testing.assert_array_equal(pp.center_crop_window(300, 451, 300, "v2"), [14, 90, 271, 271])
+    np.testing.assert_array_equal(eval_lib.center_crop_window(300, 451, pp.eval_config(300, "v2")), [14, 90, 271, 271])
     # V2 at 384 >= 320: no crop.
-    np.testing.assert_array_equal(pp.center_crop_window(300, 451, 384, "v2"), [0, 0, 300, 451])
+    np.testing.assert_array_equal(eval_lib.center_crop_window(300, 451, pp.eval_config(384, "v2")), [0, 0, 300, 451])
     # Same numbers inside tf.data.
-    window = _in_tf_data(lambda h, w: pp.center_crop_window(h, w, 224), 300, 451)
+    window = _in_tf_data(lambda h, w: eval_lib.center_crop_window(h, w, pp.eval_config(224)), 300, 451)
     np.testing.assert_array_equal(window, [19, 95, 262, 262])
     # B7: 600 / 632 of the short side (crop padding 32, not tpu's later 0.875 fraction).
-    np.testing.assert_array_equal(pp.center_crop_window(632, 700, 600), [16, 50, 600, 600])
+    np.testing.assert_array_equal(eval_lib.center_crop_window(632, 700, pp.eval_config(600)), [16, 50, 600, 600])
 
 
 def test_crop_rule_for_model_follows_model_info():
@@ -64,7 +65,7 @@ def test_crop_rule_for_model_follows_model_info():
 @pytest.mark.parametrize("graph", [False, True])
 def test_random_crop_windows_fall_inside_the_image(graph):
     height, width, size = 300, 451, 224
-    fallback = pp.center_crop_window(height, width, size).numpy()
+    fallback = eval_lib.center_crop_window(height, width, pp.eval_config(size)).numpy()
     seeds = tf.stack([tf.range(64, dtype=tf.int64), tf.fill([64], tf.constant(9, tf.int64))], 1)
 
     def windows(s):
@@ -87,7 +88,7 @@ def test_random_crop_windows_fall_inside_the_image(graph):
 def test_failed_sampling_falls_back_to_center_crop():
     # A 300x451 image (aspect 1.5) cannot give a 99%-area crop with aspect <= 4/3.
     window = pp.random_crop_window(300, 451, SEED, 224, area_range=(0.99, 1.0))
-    np.testing.assert_array_equal(window, pp.center_crop_window(300, 451, 224))
+    np.testing.assert_array_equal(window, eval_lib.center_crop_window(300, 451, pp.eval_config(224)))
 
 
 # --------------------------------------------------------------------------------- eval
@@ -96,21 +97,21 @@ def test_failed_sampling_falls_back_to_center_crop():
 def test_eval_equals_manual_crop_and_legacy_bicubic(photo, jpeg):
     decoded = tf.io.decode_jpeg(jpeg, channels=3).numpy()
     expected = _legacy_bicubic(decoded[19:281, 95:357], 224)
-    eager = pp.preprocess_for_eval(jpeg, 224).numpy()
-    graph = _in_tf_data(lambda b: pp.preprocess_for_eval(b, 224), jpeg)
+    eager = eval_lib.preprocess_bytes(jpeg, pp.eval_config(224)).numpy()
+    graph = _in_tf_data(lambda b: eval_lib.preprocess_bytes(b, pp.eval_config(224)), jpeg)
     np.testing.assert_allclose(eager, expected, atol=1e-6)
     np.testing.assert_array_equal(eager, graph)
     assert eager.dtype == np.float32 and eager.shape == (224, 224, 3)
 
 
 def test_eval_v2_rule_uses_half_pixel_bilinear(png, photo):
-    out = pp.preprocess_for_eval(png, 384, "bilinear", "v2").numpy()
+    out = eval_lib.preprocess_bytes(png, pp.eval_config(384, "v2", "bilinear")).numpy()
     expected = tf.image.resize(photo, [384, 384], method="bilinear").numpy() / 255
     np.testing.assert_allclose(out, np.clip(expected, 0, 1), atol=1e-6)
 
 
 def test_png_and_jpeg_give_the_same_crop(photo, png):
-    from_png = pp.preprocess_for_eval(png, 224).numpy()
+    from_png = eval_lib.preprocess_bytes(png, pp.eval_config(224)).numpy()
     np.testing.assert_allclose(from_png, _legacy_bicubic(photo[19:281, 95:357], 224), atol=1e-6)
 
 
@@ -171,7 +172,7 @@ def test_flip_happens_about_half_the_time(png):
 
 def test_unknown_resize_method_and_crop_rule():
     with pytest.raises(ValueError, match="'cubic'.*'bicubic', 'bilinear'"):
-        pp.preprocess_for_eval(b"", 224, "cubic")
+        pp.eval_config(224, "v1", "cubic")
     with pytest.raises(ValueError, match="Unknown crop rule 'v3'.*'v1', 'v2'"):
         pp.get_crop_rule("v3")
 
@@ -219,5 +220,5 @@ def test_try_or_flag_and_assert_decoded_inside_tf_data(jpeg, png):
 
 def test_image_format_by_magic_bytes(jpeg, png):
     samples = [jpeg, png, b"GIF89a...", b"BMxx", b"??"]
-    assert [pp.image_format(s).numpy() for s in samples] == [b"JPEG", b"PNG", b"GIF", b"BMP",
+    assert [eval_lib.image_format(s).numpy() for s in samples] == [b"JPEG", b"PNG", b"GIF", b"BMP",
                                                               b"unknown"]

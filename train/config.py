@@ -21,12 +21,7 @@ import yaml
 
 DIGITS = "sklearn_digits"  # the embedded default dataset (train/digits_dataset.py)
 MODES = ("train", "eval", "train_and_eval")
-OPTIMIZERS = ("rmsprop", "adam", "sgd", "momentum")
-LR_SCHEDULES = ("exponential", "cosine", "linear", "constant")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-AUGMENT_NAMES = ("autoaugment", "randaugment")  # train/augment.py AUGMENT_NAMES
-RESIZE_METHODS = ("bicubic", "bilinear")
-CROP_RULES = ("v1", "v2")
+# The other choice lists live with the code that implements them (validate imports them).
 
 
 @dataclasses.dataclass
@@ -325,7 +320,14 @@ def _check_range(key, value, low=None, high=None, low_open=False, high_open=Fals
 
 def validate(config: Config) -> None:
     """Checks values and combinations that can be checked without touching data or devices."""
-    import efficientnet_tf  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top  (TensorFlow; the owners of the choice lists)
+    import efficientnet_tf
+    from efficientnet_tf.preprocessing import RESIZE_METHODS
+    from train.augment import AUGMENT_NAMES
+    from train.distribute import PRECISIONS
+    from train.preprocessing import CROP_RULES
+    from train.schedules import DECAY_TYPES
+    from train.state import OPTIMIZERS
 
     efficientnet_tf.get_variant(config.model.name)  # names the valid models when unknown
     m, d, t, e, r = config.model, config.data, config.train, config.eval, config.runtime
@@ -351,7 +353,7 @@ def validate(config: Config) -> None:
     if t.epochs is None and t.steps is None:
         raise ValueError("Set one of train.epochs (--train_epochs) or train.steps (--train_steps)")
     _check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
-    _check_choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+    _check_choice("train.lr_schedule", t.lr_schedule, DECAY_TYPES)
     _check_range("train.base_learning_rate", t.base_learning_rate, 0, low_open=True)
     _check_range("train.lr_min", t.lr_min, 0)
     _check_range("train.lr_warmup_epochs", t.lr_warmup_epochs, 0)

@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 KINDS = ("tpu", "gpu", "cpu")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # runtime.precision
 
 
 def tf_config() -> dict:

@@ -5,18 +5,18 @@ the classifier may be left behind when the number of classes differs, nothing el
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 
 import keras
 import tensorflow as tf
 
 import efficientnet_tf
+from efficientnet_tf import spec
 from efficientnet_tf.weights import pretrained
+from train import checkpoints
 from train import config as config_lib
 
 # Layers whose weights may be left out when the class count differs.
-HEAD_LAYERS = ("predictions",)
+HEAD_LAYERS = (spec.CLASSIFIER,)
 
 
 def ema_variables(model: keras.Model):
@@ -28,9 +28,7 @@ def ema_variables(model: keras.Model):
 
 def is_model_dir(source) -> bool:
     """Whether ``source`` is a folder with a checkpoint and run_info.json of train.main."""
-    return (isinstance(source, str) and tf.io.gfile.isdir(source)
-            and tf.train.latest_checkpoint(source) is not None
-            and tf.io.gfile.exists(os.path.join(source, "run_info.json")))
+    return isinstance(source, str) and checkpoints.CheckpointStore(source).is_run()
 
 
 def resolve_source(source, model_name: str):
@@ -59,7 +57,7 @@ def float32_policy():
 
 
 def load_init_weights(model: keras.Model, source):
-    """Copies ``source`` into ``model``; only ``predictions`` may be missing or mis-shaped."""
+    """Copies ``source`` into ``model``; only the classifier may be missing or mis-shaped."""
     report = efficientnet_tf.load_weights(model, source, strict=False)
     head = tuple(f"{layer}/" for layer in HEAD_LAYERS)
     other = ([k for k in report.missing + report.unexpected if not k.startswith(head)]
@@ -77,14 +75,14 @@ def load_init_weights(model: keras.Model, source):
 def model_from_model_dir(model_dir: str) -> keras.Model:
     """The latest checkpoint of a train.main run as a float32 Keras model, with the EMA
     averages in place of the raw weights when the run kept them."""
-    with tf.io.gfile.GFile(os.path.join(model_dir, "run_info.json")) as f:
-        num_classes = json.load(f)["num_classes"]
-    saved = config_lib.load(os.path.join(model_dir, "config.json"))
+    store = checkpoints.CheckpointStore(model_dir)
+    num_classes = store.read_json(checkpoints.RUN_INFO)["num_classes"]
+    saved = config_lib.load(store.path(checkpoints.CONFIG_JSON))
     with float32_policy():
         model = efficientnet_tf.build_model(saved.model.name, classes=num_classes,
                                             classifier_activation=None)
     averaged = ema_variables(model)
-    path = tf.train.latest_checkpoint(model_dir)
+    path = store.latest_readable()
     names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
     has_ema = any(name.startswith("ema/") for name in names)
     tracked = {"model": model}

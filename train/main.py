@@ -184,9 +184,9 @@ def _exists(path: str) -> bool:
 
 
 def _has_checkpoint(model_dir: str) -> bool:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from train import checkpoints  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
-    return tf.train.latest_checkpoint(model_dir) is not None
+    return checkpoints.CheckpointStore(model_dir).has_checkpoint()
 
 
 def given_flags() -> Dict[str, Any]:
@@ -210,7 +210,9 @@ def main(argv):
         return 2
     from train import loop  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
+    from train import checkpoints  # pylint: disable=g-import-not-at-top
     from train import input_pipeline  # pylint: disable=g-import-not-at-top
+    from train import lock  # pylint: disable=g-import-not-at-top
 
     if not FLAGS.model_dir:
         print(f"--model_dir not given: using {model_dir}", flush=True)
@@ -218,9 +220,13 @@ def main(argv):
         loop.run(cfg, mode=FLAGS.mode, model_dir=model_dir, tpu=FLAGS.tpu,
                  export_dir=FLAGS.export_dir, export_format=FLAGS.export_format,
                  num_cpu_devices=FLAGS.num_cpu_devices)
-    except input_pipeline.ManualDownloadError as err:  # e.g. imagenet2012: TFDS's instructions
+    except (input_pipeline.ManualDownloadError,  # e.g. imagenet2012: TFDS's instructions
+            lock.ModelDirInUseError) as err:  # another run trains in --model_dir
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (checkpoints.CheckpointWriteError, checkpoints.NoReadableCheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)  # disk full, I/O error, every checkpoint damaged
+        return 1
     return 0
 
 

@@ -4,9 +4,8 @@ images.
 Follows the official pipelines (numbers cited where used):
 - V1 / Lite: tensorflow/tpu models/official/efficientnet/preprocessing.py, identical to
   google/automl efficientnetv2/preprocess_legacy.py: random-area crop computed on the
-  encoded JPEG, horizontal flip, bicubic resize; eval center crop of res/(res+32)*min(h,w).
-- V2: google/automl efficientnetv2/preprocessing.py: bilinear resize, eval crop only when
-  res < 320.
+  encoded JPEG, horizontal flip, bicubic resize.
+- V2: google/automl efficientnetv2/preprocessing.py: bilinear resize.
 
 Evaluation, resizing and decoding are the library's (``efficientnet_tf.preprocessing``, which the
 exporters and ``predict`` use too): the trainer evaluates exactly as a served model does. This
@@ -23,13 +22,9 @@ import dataclasses
 
 import tensorflow as tf
 
+from efficientnet_tf import config as lib_config
 from efficientnet_tf import preprocessing as eval_lib
 from train import augment
-
-RESIZE_METHODS = eval_lib.RESIZE_METHODS
-image_format = eval_lib.image_format
-to_unit_range = eval_lib.to_unit_range
-decode_and_crop = eval_lib.decode_window
 
 # Train crop of tensorflow/tpu preprocessing.py `_decode_and_random_crop`.
 TRAIN_AREA_RANGE = (0.08, 1.0)
@@ -42,11 +37,8 @@ TRAIN_MIN_OBJECT_COVERED = 0.1
 class CropRule:
     """A family's crop and resize conventions (the quirks of its official code).
 
-    crop_padding: eval crop = res / (res + crop_padding) * min(h, w). 32 in tpu's original code
-      and in automl (tpu later switched to crop fraction 0.875, equal to 32 only at 224; the
-      released checkpoints were evaluated with 32).
-    crop_below: crop only when res < crop_below, else resize the whole image
-      (automl efficientnetv2/preprocessing.py: `'crop' if image_size < 320 else ''`).
+    crop_padding, crop_below: the eval centre crop's parameters, as efficientnet_tf.config's
+      Variant has them (its eval_crop_fraction is the rule).
     legacy: tensorflow/tpu conventions (V1, Lite, V2-B0..B3): crop offsets ((h - crop) + 1) // 2
       and tf.compat.v1.image.resize (half_pixel_centers=False). automl V2-S/M/L/XL: offsets
       (h - crop) // 2 and TF2's tf.image.resize.
@@ -91,8 +83,9 @@ def get_crop_rule(rule: CropRule | str) -> CropRule:
 
 
 def check_resize_method(method):
-    if method not in RESIZE_METHODS:
-        raise ValueError(f"Unknown resize_method {method!r}; valid: {list(RESIZE_METHODS)}.")
+    if method not in eval_lib.RESIZE_METHODS:
+        raise ValueError(f"Unknown resize_method {method!r}; valid: "
+                         f"{list(eval_lib.RESIZE_METHODS)}.")
 
 
 def eval_config(image_size: int, rule: CropRule | str = "v1",
@@ -100,16 +93,10 @@ def eval_config(image_size: int, rule: CropRule | str = "v1",
     """The library's EvalConfig for a CropRule at `image_size`."""
     rule = get_crop_rule(rule)
     check_resize_method(resize_method)
-    if rule.crop_below is not None and image_size >= rule.crop_below:
-        fraction = 1.0
-    else:
-        fraction = image_size / (image_size + rule.crop_padding)
+    # The library's one statement of the crop rule, on this rule's crop_padding and crop_below
+    # (all it reads when given the size).
+    fraction = lib_config.Variant.eval_crop_fraction(rule, int(image_size))
     return eval_lib.EvalConfig(int(image_size), fraction, resize_method, legacy=rule.legacy)
-
-
-def center_crop_window(height, width, image_size: int, rule: CropRule | str = "v1"):
-    """Eval crop window [offset_y, offset_x, size, size] (int32) of an image of height x width."""
-    return eval_lib.center_crop_window(height, width, eval_config(image_size, rule))
 
 
 def random_crop_window(height, width, seed, image_size: int, rule: CropRule | str = "v1",
@@ -136,12 +123,8 @@ def random_crop_window(height, width, seed, image_size: int, rule: CropRule | st
         use_image_if_no_bounding_boxes=True)
     window = tf.stack([begin[0], begin[1], size[0], size[1]])
     bad = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))
-    return tf.where(bad, center_crop_window(height, width, image_size, rule), window)
-
-
-def resize(image, image_size: int, method: str = "bicubic", rule: CropRule | str = "v1"):
-    """Resizes to image_size x image_size, float32 (values may overshoot [0, 255] for bicubic)."""
-    return eval_lib.resize(image, eval_config(image_size, rule, method))
+    fallback = eval_lib.center_crop_window(height, width, eval_config(image_size, rule))
+    return tf.where(bad, fallback, window)
 
 
 def decode_for_train(image_bytes, image_size: int, seed, rule: CropRule | str = "v1",
@@ -150,7 +133,7 @@ def decode_for_train(image_bytes, image_size: int, seed, rule: CropRule | str = 
                      min_object_covered=TRAIN_MIN_OBJECT_COVERED):
     """The random-area crop of the image, decoded (uint8 [h, w, 3]); the only step that can
     fail on corrupt bytes."""
-    return decode_and_crop(
+    return eval_lib.decode_window(
         image_bytes,
         lambda h, w: random_crop_window(h, w, seed, image_size, rule, area_range,
                                         aspect_ratio_range, max_attempts, min_object_covered))
@@ -167,7 +150,7 @@ def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic
     check_resize_method(resize_method)
     flip_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     # The official fallback center crop always resizes bicubic; we use `resize_method`.
-    image = resize(image, image_size, resize_method, rule)
+    image = eval_lib.resize(image, eval_config(image_size, rule, resize_method))
     if random_flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if augment_name:
@@ -175,7 +158,7 @@ def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic
         image = augment.distort_image(image, augment_name, aug_seed,
                                       num_layers=randaug_num_layers, magnitude=randaug_magnitude)
         image = tf.cast(image, tf.float32)
-    return to_unit_range(image)
+    return eval_lib.to_unit_range(image)
 
 
 def preprocess_for_train(image_bytes, image_size: int, seed, resize_method: str = "bicubic",
@@ -198,17 +181,10 @@ def decode_for_eval(image_bytes, image_size: int, rule: CropRule | str = "v1"):
 
 def finish_for_eval(image, image_size: int, resize_method: str = "bicubic",
                     rule: CropRule | str = "v1"):
-    """Resize -> [0, 1] float32."""
-    return to_unit_range(resize(image, image_size, resize_method, rule))
-
-
-def preprocess_for_eval(image_bytes, image_size: int, resize_method: str = "bicubic",
-                        rule: CropRule | str = "v1"):
-    """Center crop by `rule`, resize -> [0, 1] float32: the library's preprocess of a served
-    model (efficientnet_tf.preprocessing), without its image-format assertion."""
-    check_resize_method(resize_method)
-    return finish_for_eval(decode_for_eval(image_bytes, image_size, rule), image_size,
-                           resize_method, rule)
+    """Resize -> [0, 1] float32 (with decode_for_eval: the library's preprocessing of a served
+    model, efficientnet_tf.preprocessing, without its image-format assertion)."""
+    return eval_lib.to_unit_range(
+        eval_lib.resize(image, eval_config(image_size, rule, resize_method)))
 
 
 def preprocess_image(image_bytes, is_training: bool, image_size: int, seed=None,
@@ -218,7 +194,8 @@ def preprocess_image(image_bytes, is_training: bool, image_size: int, seed=None,
     seed: stateless seed [2] for training (drawn at random when None).
     example_id: named in the error raised for undecodable bytes when running eagerly. Inside
       tf.data use `try_or_flag` + `assert_decoded` (what input_pipeline does) for that.
-    kwargs: forwarded to preprocess_for_train / preprocess_for_eval.
+    kwargs: forwarded to preprocess_for_train, or (resize_method, rule) to the eval crop and
+      resize.
     """
     def run():
         if is_training:
@@ -226,7 +203,9 @@ def preprocess_image(image_bytes, is_training: bool, image_size: int, seed=None,
             if train_seed is None:
                 train_seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
             return preprocess_for_train(image_bytes, image_size, train_seed, **kwargs)
-        return preprocess_for_eval(image_bytes, image_size, **kwargs)
+        rule, resize_method = kwargs.get("rule", "v1"), kwargs.get("resize_method", "bicubic")
+        return finish_for_eval(decode_for_eval(image_bytes, image_size, rule), image_size,
+                               resize_method, rule)
 
     if not tf.executing_eagerly():
         return run()
@@ -263,7 +242,7 @@ def assert_decoded(ok, example_id, image_bytes):
         # No quotes: graph-mode Assert messages C-escape them.
         "Could not decode the image of example <", example_id, "> (",
         tf.strings.as_string(tf.strings.length(image_bytes)), " bytes, format by magic bytes: ",
-        image_format(image_bytes), "). Pass skip_corrupt=True (--skip_corrupt) to skip and "
+        eval_lib.image_format(image_bytes), "). Pass skip_corrupt=True (--skip_corrupt) to skip and "
         "count such examples."])
     return tf.debugging.Assert(ok, [message])
 
@@ -277,4 +256,4 @@ def _as_str(value):
 def _describe_bytes(image_bytes):
     image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
     return (f"{int(tf.strings.length(image_bytes))} bytes, format by magic bytes: "
-            f"{_as_str(image_format(image_bytes))}")
+            f"{_as_str(eval_lib.image_format(image_bytes))}")
