@@ -26,7 +26,7 @@ import json
 import os
 import re
 import tarfile
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from export import module_docs
 from export.module_docs import DocumentationError
@@ -204,10 +204,12 @@ def signatures_of(module_dir: str) -> Dict[str, Dict[str, List[str]]]:
     return result
 
 
-def publish(export_dir: str, publish_dir: Optional[str] = None, *, publisher: str,
+def publish(export_dir: Union[str, Sequence[str]], publish_dir: Optional[str] = None, *, publisher: str,
             module_name: Optional[str] = None, version: int = 1, license: str = "apache-2.0",
             overwrite: bool = False) -> List[PublishedModule]:
-    """Archives and documents every hub module of ``export_dir`` (see the module docstring).
+    """Archives and documents every hub module of ``export_dir`` (see the module docstring); a
+    list of export directories (e.g. the hub and hub_tf1 exports of one model) goes into one
+    ``publish_dir``.
 
     module_name: default the variant (``export_info.json`` model_name). Every page is checked with
     module_docs.check (file location and publisher page included) and every archive with
@@ -215,11 +217,20 @@ def publish(export_dir: str, publish_dir: Optional[str] = None, *, publisher: st
     """
     from export import common
 
-    export_dir = os.path.abspath(os.fspath(export_dir))
-    info = read_info(export_dir)
-    module_name = module_name or info["model_name"]
-    publish_dir = publish_dir or default_publish_dir(export_dir)
-    check_request(info.get("format"), publisher, module_name, version, license, publish_dir, overwrite)
+    export_dirs = [export_dir] if isinstance(export_dir, (str, os.PathLike)) else list(export_dir)
+    export_dirs = [os.path.abspath(os.fspath(d)) for d in export_dirs]
+    if not export_dirs or (publish_dir is None and len(export_dirs) > 1):
+        raise ValueError(f"Give one export dir, or several and a publish_dir; got {export_dir!r}, {publish_dir!r}")
+    publish_dir = publish_dir or default_publish_dir(export_dirs[0])
+    jobs = []
+    for directory in export_dirs:
+        info = read_info(directory)
+        name = module_name or info["model_name"]
+        check_request(info.get("format"), publisher, name, version, license, publish_dir, overwrite)
+        jobs += [(info, *module) for module in modules_of(directory, info, name)]
+    handles = [name for _, _, _, name in jobs]
+    if len(set(handles)) != len(handles):
+        raise ValueError(f"Two exports give the same module names {sorted(handles)}")
     published = []
     with common.atomic_export_dir(publish_dir, overwrite) as staging:
         docs_root = os.path.join(staging, "docs")
@@ -227,7 +238,7 @@ def publish(export_dir: str, publish_dir: Optional[str] = None, *, publisher: st
         os.makedirs(os.path.join(staging, "archives"))
         with open(os.path.join(docs_root, publisher, f"{publisher}.md"), "w", encoding="utf-8") as f:
             f.write(module_docs.publisher_page(publisher))
-        for role, module_dir, name in modules_of(export_dir, info, module_name):
+        for info, role, module_dir, name in jobs:
             with common.step(f"publish: packaging {publisher}/{name}/{version}"):
                 members, left_out = archive_members(module_dir)
                 archive_name = f"{publisher}-{name.replace('/', '-')}-{version}.tar.gz"

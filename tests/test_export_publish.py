@@ -93,9 +93,15 @@ def test_archives_hold_only_what_the_hub_accepts(published):
 
 
 def test_archives_are_reproducible(published, tmp_path):
+    """Both exports into one folder (as a multi-format export publishes); the TF1 archive and page
+    are byte-identical to the CLI's."""
     export_dir, publish_dir = published["hub_tf1"][:2]
-    again = publish.publish(export_dir, str(tmp_path / "again"), publisher="acme", module_name="efficientnet/lite0",
-                            version=2)
+    again = publish.publish([export_dir, published["hub"][0]], str(tmp_path / "again"), publisher="acme",
+                            module_name="efficientnet/lite0", version=2)
+    assert [p.handle for p in again] == ["acme/efficientnet/lite0/tf1/classification/2",
+                                         "acme/efficientnet/lite0/classification/2",
+                                         "acme/efficientnet/lite0/feature_vector/2"]
+    assert len(_pages(str(tmp_path / "again"))) == 4  # + the publisher page
     name = os.path.basename(again[0].archive)
 
     def digest(path):
