@@ -111,7 +111,7 @@ def test_sigterm_saves_the_step_and_a_full_disk_loses_nothing(digits_dir, tmp_pa
     assert not glob.glob(os.path.join(model_dir, "ckpt-40*"))  # nothing half-written
     assert not glob.glob(os.path.join(model_dir, "input", "ckpt-40*"))
 
-    rerun = check_ok(run_main(*args))
+    rerun = check_ok(run_main(*args, "--verbosity=0"))  # -v 0: the absl INFO line checked below
     assert f"Resuming from {path} (step {at})" in rerun.stdout
     assert (f"Restored the input position from "
             f"{os.path.join(model_dir, 'input', f'ckpt-{at}')}") in rerun.stderr
