@@ -10,7 +10,7 @@ import keras
 from keras import layers
 
 from efficientnet_tf import config as cfg
-from efficientnet_tf.layers import Preprocessing
+from efficientnet_tf.layers import FusedBatchNormalization, Preprocessing
 
 # Official initializers (tensorflow/tpu efficientnet_model.py): conv kernels N(0, sqrt(2/fan_out))
 # (not truncated), dense U(-1/sqrt(fan_out), 1/sqrt(fan_out)).
@@ -76,7 +76,7 @@ def _conv(x, filters, kernel, stride, name, activation=None, use_bias=False):
 
 
 def _bn_act(x, prefix, bn, activation, bn_name=None, act_name=None):
-    x = layers.BatchNormalization(name=bn_name or f"{prefix}bn", **bn)(x)
+    x = FusedBatchNormalization(name=bn_name or f"{prefix}bn", **bn)(x)  # Keras BN, fused kernel
     if activation is not None:
         x = layers.Activation(activation, name=act_name or f"{prefix}activation")(x)
     return x

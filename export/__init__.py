@@ -26,6 +26,7 @@ LAYOUT = {
     "hub_tf1": "DIR: TF1 Hub module (tfhub_module.pb; tag sets {} and {'train'})",
     "saved_model": "DIR/1: SavedModel for TF Serving (tag 'serve'; serving_default, serving_bytes)",
     "tflite": "DIR/model.tflite (+ labels.txt)",
+    "openvino": "DIR/1/model.xml + model.bin: OpenVINO IR for OpenVINO Model Server (float32)",
 }
 
 
@@ -54,7 +55,7 @@ def export_model(model, export_dir: str, format: str = "hub", *, model_name: Opt
     ``overwrite``, VerificationError when the reloaded export does not match the model (nothing is
     left at ``export_dir`` then).
     """
-    from export import hub_tf1, hub_tf2, serving, tflite
+    from export import hub_tf1, hub_tf2, openvino, serving, tflite
 
     _check_choice("format", format, FORMATS)
     if quantize is not None:
@@ -63,6 +64,8 @@ def export_model(model, export_dir: str, format: str = "hub", *, model_name: Opt
             raise ValueError(f"quantize={quantize!r} applies to format 'tflite' only, not {format!r}")
     if calibration_images is not None and quantize is None:
         raise ValueError("calibration_images are only used with quantize='int8'")
+    if format == "openvino":
+        openvino.require_openvino()  # before any work: a clear error when it is not installed
     started = time.perf_counter()
     prepared = prepare(model, model_name, image_size, class_names, weights)
     export_dir = os.path.abspath(os.fspath(export_dir))
@@ -80,6 +83,9 @@ def export_model(model, export_dir: str, format: str = "hub", *, model_name: Opt
         elif format == "saved_model":
             serving.export(prepared, staging)
             notes += serving.verify(prepared, staging, batch, reference, results, limits)
+        elif format == "openvino":
+            openvino.export(prepared, staging)
+            notes += openvino.verify(prepared, staging, batch, reference, results, limits)
         else:
             tflite.export(prepared, staging, quantize, calibration_images)
             notes += tflite.verify(prepared, staging, batch, reference, results, limits, quantize)

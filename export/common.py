@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
-FORMATS = ("hub", "hub_tf1", "saved_model", "tflite")
+FORMATS = ("hub", "hub_tf1", "saved_model", "tflite", "openvino")
 QUANTIZE_MODES = ("int8",)
 INFO_FILENAME = "export_info.json"
 

@@ -69,7 +69,8 @@ def test_folded_rejects_what_it_cannot_fold():
 def test_fused_batchnorm_trains_like_keras_batchnorm(name):
     """Training mode: the same logits, gradients and moving statistics; inference mode: the same
     logits. The clone keeps layer names, variable paths and weights."""
-    model = trained_like(name, classifier_activation=None, dropout_rate=0, drop_connect_rate=0)
+    model = fast.with_keras_batchnorm(
+        trained_like(name, classifier_activation=None, dropout_rate=0, drop_connect_rate=0))
     fused = fast.with_fused_batchnorm(model)
     kinds = {type(l).__name__ for l in fused.layers}
     assert "FusedBatchNormalization" in kinds and "BatchNormalization" not in kinds
@@ -110,3 +111,24 @@ def test_fused_model_saves_and_loads_as_keras_file(tmp_path):
     plain = efficientnet_tf.build_model("efficientnet-lite0", input_shape=(SIZE, SIZE, 3))
     efficientnet_tf.load_weights(plain, loaded)  # by name: interchangeable with the plain model
     np.testing.assert_allclose(plain(x).numpy(), fused(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_default_model_is_fused_and_equals_keras_batchnorm(tmp_path):
+    """build_model's batch norm is TF's fused kernel (the fast default) and computes what Keras'
+    own BatchNormalization computes, in a tf.function as users serve it and after a .keras
+    round trip; the plain-BN clone has the same names and weights."""
+    model = trained_like("efficientnet-b0", classifier_activation=None)
+    kinds = {type(l).__name__ for l in model.layers}
+    assert "FusedBatchNormalization" in kinds and "BatchNormalization" not in kinds
+    plain = fast.with_keras_batchnorm(model)
+    assert {type(l).__name__ for l in plain.layers} >= {"BatchNormalization"}
+    assert "FusedBatchNormalization" not in {type(l).__name__ for l in plain.layers}
+    assert [v.path for v in plain.weights] == [v.path for v in model.weights]
+    x = tf.constant(images(4))
+    want = tf.function(lambda t: plain(t, training=False))(x).numpy()
+    got = tf.function(lambda t: model(t, training=False))(x).numpy()
+    assert np.abs(want).max() > 1.0
+    assert relative_error(want, got) < 1e-5
+    path = str(tmp_path / "default.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path)(x).numpy(), got, rtol=1e-6, atol=1e-6)

@@ -119,8 +119,8 @@ def run(cfg: config_lib.Config, *, mode: str, model_dir: str, tpu: Optional[str]
             cfg.model.name, classes=num_classes, classifier_activation=None,
             dropout_rate=cfg.model.dropout_rate, drop_connect_rate=cfg.model.drop_connect_rate,
             bn_momentum=cfg.model.bn_momentum)
-        if cfg.model.fused_bn:  # same layer names, variables and weights; faster steps
-            model = fast.with_fused_batchnorm(model)
+        if not cfg.model.fused_bn:  # built models use TF's fused BN kernel; this trains Keras' own
+            model = fast.with_keras_batchnorm(model)
         if cfg.model.freeze_bn:
             # Fine-tuning on small data: batch statistics of a few similar images are far from
             # the pretrained moving statistics (the features move by ~95% on 8 photo tiles), so

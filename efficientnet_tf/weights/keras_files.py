@@ -102,6 +102,7 @@ _KERAS3_VARS = {
     "conv2d": ("kernel", "bias"),
     "depthwise_conv2d": ("kernel", "bias"),
     "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "fused_batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),  # ours
     "dense": ("kernel", "bias"),
 }
 
