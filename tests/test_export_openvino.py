@@ -21,7 +21,10 @@ SIZE = 64  # small: conversion time does not depend on it, the check is the same
 def model():
     built = efficientnet_tf.build_model("efficientnet-b0")
     calibration = np.random.default_rng(1).uniform(size=(4, SIZE, SIZE, 3)).astype("float32")
-    return randomize_like_trained(built, calibration)  # probabilities far from uniform
+    randomize_like_trained(built, calibration)
+    head = built.get_layer("predictions")
+    head.kernel.assign(head.kernel * 30.0)  # logits of ~30: probabilities far from uniform
+    return built
 
 
 def _images(n, seed):
