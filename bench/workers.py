@@ -111,11 +111,11 @@ def tf_candidates(spec):
         spread_weights(ours)
         ka, ours_fn = keras_applications_model(variant, size), graph_function(ours)
         ka_fn = graph_function(ka)
-        cands[(set_name, KA)] = lambda x, f=ka_fn: f(x).numpy()
-        cands[(set_name, KERAS)] = lambda x, f=ours_fn: f(x).numpy()
+        cands[(set_name, KA)] = lambda x, f=ka_fn: f(tf.constant(x)).numpy()
+        cands[(set_name, KERAS)] = lambda x, f=ours_fn: f(tf.constant(x)).numpy()
         if spec.get("plain_bn"):
             plain_fn = graph_function(with_keras_batchnorm(ours))
-            cands[(set_name, PLAIN)] = lambda x, f=plain_fn: f(x).numpy()
+            cands[(set_name, PLAIN)] = lambda x, f=plain_fn: f(tf.constant(x)).numpy()
         export_model(ours, os.path.join(work, "saved_model"), format="saved_model", image_size=size)
         signature = tf.saved_model.load(os.path.join(work, "saved_model", "1")).signatures[
             "serving_default"]
@@ -123,12 +123,24 @@ def tf_candidates(spec):
             lambda x, s=signature: s(images=tf.constant(x))["probabilities"].numpy())
         if set_name == "b0":
             folded = FoldedModel(ours)
-            cands[(set_name, FOLDED)] = lambda x, f=folded: f(x).numpy()
+            cands[(set_name, FOLDED)] = lambda x, f=folded: f(tf.constant(x)).numpy()
         export_model(ours, os.path.join(work, "tflite"), format="tflite", image_size=size)
         np.save(os.path.join(work, "probe_probabilities.npy"), ours_fn(probe_images(size)).numpy())
         macs = common.count_macs(ours)
         facts[set_name] = {"macs_per_image": macs, "variant": variant, "size": size}
     return cands, facts
+
+
+def tf_export_main(spec):
+    """Only our SavedModel export of each set (for bench.profile)."""
+    import efficientnet_tf
+    from export import export_model
+    for set_name in spec["sets"]:
+        variant, size, _ = SETS[set_name]
+        ours = efficientnet_tf.build_model(variant, input_shape=(size, size, 3))
+        spread_weights(ours)
+        export_model(ours, os.path.join(spec["workdir"], set_name, "saved_model"),
+                     format="saved_model", image_size=size)
 
 
 def openvino_export_main(spec):
@@ -237,7 +249,8 @@ def _versions(runtime):
 
 CANDIDATES = {"tf": tf_candidates, "litert": litert_candidates, "openvino": openvino_candidates,
               "onnxruntime": onnxruntime_candidates}
-ONE_SHOT = {"torch_onnx": torch_onnx_main, "openvino_export": openvino_export_main}
+ONE_SHOT = {"torch_onnx": torch_onnx_main, "openvino_export": openvino_export_main,
+            "tf_export": tf_export_main}
 
 
 def _check(cands, spec):

@@ -1,7 +1,7 @@
 r"""Exports an EfficientNet as TF-Hub modules, a TF Serving SavedModel or TF-Lite, verified.
 
     python -m export.main --model_name=efficientnet-b2 --weights=SOURCE --export_dir=DIR \
-        [--format=hub|hub_tf1|saved_model|tflite] [--quantize=int8] [--num_classes=1000] \
+        [--format=hub|hub_tf1|saved_model|tflite|openvino] [--quantize=int8] [--num_classes=1000] \
         [--image_size=N] [--labels=FILE] [--calibration_images=GLOB] [--overwrite]
 
 SOURCE is anything ``efficientnet_tf.load_weights`` accepts (``imagenet``, a Keras/.h5 file, an
@@ -32,7 +32,7 @@ flags.DEFINE_string("weights", None, "Weights source for efficientnet_tf.load_we
 flags.DEFINE_string("export_dir", None, "Output directory (must not exist unless --overwrite).")
 flags.DEFINE_enum("format", "hub", list(common.FORMATS), "What to write: hub = TF2 hub modules "
                   "DIR/classification + DIR/feature_vector; hub_tf1 = TF1 Hub module; saved_model = "
-                  "TF Serving DIR/1; tflite = DIR/model.tflite.")
+                  "TF Serving DIR/1; tflite = DIR/model.tflite; openvino = OpenVINO IR DIR/1/model.xml.")
 flags.DEFINE_integer("num_classes", 1000, "Classifier outputs (must match the weights).", lower_bound=1)
 flags.DEFINE_enum("quantize", None, list(common.QUANTIZE_MODES), "tflite only: int8 = full-integer "
                   "quantization calibrated on real photographs.")
