@@ -39,12 +39,15 @@ class Worker:
 
     def __init__(self, runtime, spec, workdir):
         self.runtime = runtime
+        env = dict(os.environ)
+        if runtime == "tf" and spec.get("onednn") in ("on", "off"):
+            env["TF_ENABLE_ONEDNN_OPTS"] = "1" if spec["onednn"] == "on" else "0"
         self.log_path = os.path.join(workdir, f"{runtime}.log")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.workers", runtime, json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
-            cwd=common.REPO_ROOT)
+            cwd=common.REPO_ROOT, env=env)
 
     def read(self):
         line = self.proc.stdout.readline()
@@ -128,6 +131,11 @@ def main(argv=None):
     parser.add_argument("--tflite_threads", type=int, default=os.cpu_count())
     parser.add_argument("--intra_op", type=int, default=None, help="TF intra-op threads")
     parser.add_argument("--inter_op", type=int, default=None, help="TF inter-op threads")
+    parser.add_argument("--onednn", default="default", choices=("on", "off", "default"),
+                        help="TF_ENABLE_ONEDNN_OPTS of the TF worker (default: TF's choice, on "
+                        "only for CPUs with AVX512_VNNI/BF16/AMX). 'on' fuses swish into the "
+                        "convolutions (bench.profile) and was faster at batch 32 but much slower "
+                        "at batch 1 on an AVX2-only EPYC (README)")
     parser.add_argument("--output", default=None, help="JSON path (default bench/results/)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -147,7 +155,8 @@ def main(argv=None):
                           "openvino_config": "CPU, INFERENCE_PRECISION_HINT=f32, defaults otherwise",
                           "weights": "random init (speed does not depend on them)"}
     result["matmul_gflops"] = common.matmul_gflops()
-    spec = {"sets": sets, "tflite_threads": args.tflite_threads, "plain_bn": True,
+    result["settings"]["tf_onednn"] = args.onednn
+    spec = {"sets": sets, "tflite_threads": args.tflite_threads, "plain_bn": True, "onednn": args.onednn,
             "intra_op": args.intra_op, "inter_op": args.inter_op}
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as workdir:
         spec["workdir"] = workdir

@@ -33,7 +33,8 @@ def _inference_lines(inf) -> list:
              + ", ".join(f"{k} {v}" for k, v in sorted(runtimes.items()))
              + f". Command: `{inf['command']}` ({inf['settings']['rounds']} alternating rounds per "
              f"table, one worker process per runtime). Load average on {inf['machine']['cores']} "
-             f"cores after each table: {loads}. Float32 everywhere (OpenVINO with "
+             f"cores after each table: {loads}. TF worker's TF_ENABLE_ONEDNN_OPTS: "
+             f"{inf['settings'].get('tf_onednn', 'default')}. Float32 everywhere (OpenVINO with "
              "INFERENCE_PRECISION_HINT=f32), random weights; peers run timm's counterpart "
              "(`torch.onnx.export`, dynamic batch). CPU ms/image is the worker process's CPU "
              "time, the figure least affected by other load.", "",

@@ -35,6 +35,10 @@ OV_SAVED = "peer: OpenVINO reading our SavedModel"
 ORT_ONNX = "peer: ONNX Runtime on timm ONNX"
 OV_ONNX = "peer: OpenVINO on timm ONNX"
 BATCH1_ONLY = (TFLITE,)  # the TF-Lite export takes one image per call
+# Sets whose weights get spread_weights. Not V2-S: its 41 blocks amplify the spread BN
+# statistics until the probabilities are one-hot and the export check compares rounding noise
+# (max-abs 1 in the first run); fresh official init keeps them finite and close.
+SPREAD = ("b0",)
 PROBE = 2  # images of the numerical check every worker runs before timing
 
 
@@ -108,7 +112,8 @@ def tf_candidates(spec):
         variant, size, _ = SETS[set_name]
         work = os.path.join(spec["workdir"], set_name)
         ours = efficientnet_tf.build_model(variant, input_shape=(size, size, 3))
-        spread_weights(ours)
+        if set_name in SPREAD:
+            spread_weights(ours)
         ka, ours_fn = keras_applications_model(variant, size), graph_function(ours)
         ka_fn = graph_function(ka)
         cands[(set_name, KA)] = lambda x, f=ka_fn: f(tf.constant(x)).numpy()
@@ -138,7 +143,8 @@ def tf_export_main(spec):
     for set_name in spec["sets"]:
         variant, size, _ = SETS[set_name]
         ours = efficientnet_tf.build_model(variant, input_shape=(size, size, 3))
-        spread_weights(ours)
+        if set_name in SPREAD:
+            spread_weights(ours)
         export_model(ours, os.path.join(spec["workdir"], set_name, "saved_model"),
                      format="saved_model", image_size=size)
 
