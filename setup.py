@@ -30,6 +30,7 @@ setup(
     package_data={"efficientnet_tf": package_data()},
     python_requires=">=3.10",
     install_requires=requirements(),
-    extras_require={"torch": ["torch>=2.1", "safetensors>=0.4"]},
+    extras_require={"torch": ["torch>=2.1", "safetensors>=0.4"],
+                    "openvino": ["openvino>=2025.0"]},  # export format "openvino"
     entry_points={"console_scripts": ["efficientnet-tf=efficientnet_tf.__main__:main"]},
 )

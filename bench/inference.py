@@ -1,217 +1,268 @@
-"""Inference speed: our Keras model, our SavedModel export and our TF-Lite export against
-keras.applications' same variant, interleaved in one run.
+"""Inference speed on CPU: our Keras model and exports (SavedModel, TF-Lite, OpenVINO IR) against
+keras.applications and the runtimes people serve EfficientNet with instead (ONNX Runtime and
+OpenVINO on timm's ONNX export, OpenVINO reading our SavedModel), one worker process per runtime
+(bench.workers), rounds alternating between all rows of a batch size.
 
-    python -m bench.inference                 # B0 at 224, batch 1 and 32 (~2-3 min on 2 cores)
-    python -m bench.inference --sweep         # + micro-batch sizes and Keras execution modes
+    python -m bench.inference --quick         # B0 only, 2 rounds: a development check (~4 min)
+    python -m bench.inference                 # B0 at 224 and V2-S at 384, batch 1 and 32
 
-Prints a markdown table and writes bench/results/inference.json.
+Prints markdown tables and writes bench/results/inference.json (bench.report turns it into the
+README section).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 from bench import common
+from bench import workers as w
 
 common.setup_environment()
 
-import keras  # noqa: E402
-from absl import logging  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import efficientnet_tf  # noqa: E402
-from bench import exporters  # noqa: E402
-from efficientnet_tf.fast import FoldedModel  # noqa: E402
-
-logging.set_verbosity(logging.WARNING)  # the exporter logs every step at INFO
+keras_applications_model = w.keras_applications_model  # bench.train's import
+OUR_EXPORTS = (w.SAVED, w.TFLITE, w.OV_IR)
+PEERS = (w.ORT_ONNX, w.OV_ONNX, w.OV_SAVED)
+RUNTIMES = ("tf", "litert", "openvino", "onnxruntime")
+NEEDS = {"litert": ("tf",), "openvino": ("tf", "torch_onnx", "openvino_export"),
+         "onnxruntime": ("torch_onnx",)}
 
 
-def keras_applications_model(name: str, size: int, **kwargs):
-    """keras.applications' constructor for one of our variant names (weights=None)."""
-    family, _, variant = name.partition("-")
-    constructor = {"efficientnet": "EfficientNet" + variant.upper(),
-                   "efficientnetv2": "EfficientNetV2" + variant.upper()}.get(family)
-    if constructor is None or not hasattr(keras.applications, constructor):
-        raise ValueError(f"keras.applications has no counterpart of {name!r}")
-    return getattr(keras.applications, constructor)(weights=None, input_shape=(size, size, 3),
-                                                         **kwargs)
+class Worker:
+    """A bench.workers process; ``ask`` sends one JSON request and returns its JSON answer."""
+
+    def __init__(self, runtime, spec, workdir):
+        self.runtime = runtime
+        env = dict(os.environ)
+        if runtime == "tf" and spec.get("onednn") in ("on", "off"):
+            env["TF_ENABLE_ONEDNN_OPTS"] = "1" if spec["onednn"] == "on" else "0"
+        self.log_path = os.path.join(workdir, f"{runtime}.log")
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.workers", runtime, json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            cwd=common.REPO_ROOT, env=env)
+
+    def read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            with open(self.log_path) as f:
+                tail = f.read()[-3000:]
+            raise RuntimeError(f"bench worker {self.runtime!r} exited with status "
+                               f"{self.proc.returncode}; its log ends:\n{tail}")
+        return json.loads(line)
+
+    def ask(self, request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self):
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+        self._log.close()
 
 
-def graph_function(model):
-    """How we run a Keras model for inference: one traced graph, reused for every batch size."""
-    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+def start_workers(runtimes, spec, workdir):
+    """Writes the artifacts (exports, ONNX files) and starts the timing workers; returns
+    {runtime: Worker} and their ready messages."""
+    ready, live = {}, {}
+    needed = {"tf"} | {n for r in runtimes for n in NEEDS.get(r, ())}
+    first = [Worker(r, spec, workdir) for r in ("tf", "torch_onnx") if r in needed]
+    for worker in first:  # TF exports while torch writes the ONNX files
+        ready[worker.runtime] = worker.read()
+        if worker.runtime == "torch_onnx":
+            worker.close()
+        else:
+            live[worker.runtime] = worker
+    if "openvino_export" in needed:
+        converter = Worker("openvino_export", spec, workdir)
+        ready["openvino_export"] = converter.read()
+        converter.close()
+    started = [Worker(r, spec, workdir) for r in runtimes if r != "tf"]
+    for worker in started:
+        ready[worker.runtime] = worker.read()
+        live[worker.runtime] = worker
+    if "tf" not in runtimes:
+        live.pop("tf").close()
+    return live, ready
 
 
-KA, KERAS, SAVED, FOLDED, TFLITE = ("keras.applications (TF)", "ours: Keras model (TF)",
-                                    "ours: SavedModel (export/)",
-                                    "ours: FoldedModel (efficientnet_tf.fast, TF)",
-                                    "ours: TF-Lite (export/)")
-BATCH1_ONLY = (TFLITE,)  # the TF-Lite export takes one image per call
-
-
-def _relative_diff(got, want):
-    want = np.asarray(want)
-    return float(np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want)))
-
-
-def spread_weights(model, seed=0):
-    """Gives BN statistics and the classifier values far from their fresh-init ones, so that the
-    export checks compare probabilities that are not all ~1/classes (speed is unaffected)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype(np.float32))
-            layer.beta.assign(rng.normal(0, 0.1, n).astype(np.float32))
-            layer.moving_mean.assign(rng.normal(0, 0.1, n).astype(np.float32))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype(np.float32))
-    head = model.get_layer("predictions")
-    head.kernel.assign(head.kernel * 30.0)
-
-
-def build_candidates(args, workdir):
-    """name -> callable(numpy batch) -> numpy probabilities, plus facts about the exports."""
-    size = args.size
-    ours = efficientnet_tf.build_model(args.model, input_shape=(size, size, 3))
-    spread_weights(ours)
-    ka = keras_applications_model(args.model, size)
-    ka_fn, ours_fn = graph_function(ka), graph_function(ours)
-    candidates = {KA: lambda x: ka_fn(x).numpy(), KERAS: lambda x: ours_fn(x).numpy()}
-    exports = {}
-    candidates[SAVED], exports["saved_model"] = exporters.saved_model_runner(
-        ours, os.path.join(workdir, "saved_model"))
-    folded = FoldedModel(ours)
-    candidates[FOLDED] = lambda x: folded(x).numpy()
-    candidates[TFLITE], exports["tflite"] = exporters.tflite_runner(
-        ours, os.path.join(workdir, "tflite"), args.tflite_threads)
-
-    # Same numbers before timing anything: each export against the Keras model (probabilities).
-    probe = np.random.default_rng(0).uniform(size=(2, size, size, 3)).astype(np.float32)
-    want = ours_fn(probe).numpy()
-    checks = {}
-    for name, limit in ((SAVED, 1e-4), (FOLDED, 1e-4), (TFLITE, 1e-3)):
-        checks[name] = _relative_diff(candidates[name](probe), want)
-        if not checks[name] <= limit:
-            raise AssertionError(f"{name}: outputs differ from the Keras model by "
-                                 f"{checks[name]:.3g} (relative) > {limit}")
-    return ours, ka, candidates, {"max_relative_diff_vs_keras": checks}, exports
-
-
-def run_batch(candidates, batch, size, rounds):
-    x = np.random.default_rng(batch).uniform(size=(batch, size, size, 3)).astype(np.float32)
-    calls = max(1, 8 // batch)  # several calls per round at small batches
-    times = common.interleaved({n: (lambda f=f: f(x)) for n, f in candidates.items()
-                                if batch == 1 or n not in BATCH1_ONLY},
-                               rounds=rounds, calls_per_round=calls)
-    return {name: common.summarize(t, batch) for name, t in times.items()}
-
-
-def sweep(ours, ka, size, rounds):
-    """Micro-batch sizes of the folded graph and ways of running a Keras model, at batch 32."""
-    x32 = np.random.default_rng(0).uniform(size=(32, size, size, 3)).astype(np.float32)
-    x1 = x32[:1]
-    cands = {}
-    for micro in (None, 1, 2, 4, 8, 16):
-        folded = FoldedModel(ours, micro_batch=micro)
-        cands[f"folded micro_batch={micro}"] = lambda x, f=folded: f(x).numpy()
-    ka_fn = graph_function(ka)
-    cands["keras.applications tf.function"] = lambda x: ka_fn(x).numpy()
-    result = {}
-    times = common.interleaved({n: (lambda f=f: f(x32)) for n, f in cands.items()},
-                               rounds=rounds, calls_per_round=1)
-    result["micro_batch_sweep"] = {n: common.summarize(t, 32) for n, t in times.items()}
-    modes = {}
-    for label, model in (("ours", ours), ("keras.applications", ka)):
-        fn = graph_function(model)
-        modes[f"{label} tf.function"] = lambda x, fn=fn: fn(x).numpy()
-        modes[f"{label} predict"] = lambda x, m=model: m.predict(x, batch_size=len(x), verbose=0)
-        modes[f"{label} predict_on_batch"] = lambda x, m=model: m.predict_on_batch(x)
-        modes[f"{label} eager __call__"] = lambda x, m=model: m(x, training=False).numpy()
-    xla = tf.function(lambda x: ours(x, training=False), jit_compile=True)
-    for batch, x in ((1, x1), (32, x32)):
-        cands = dict(modes)
-        if batch == 1:  # XLA on this CPU: ~25 s per batch of 32, so batch 1 only
-            cands["ours tf.function(jit_compile=True)"] = lambda x: xla(x).numpy()
-        times = common.interleaved({n: (lambda f=f: f(x)) for n, f in cands.items()},
-                                   rounds=max(2, rounds // 2), calls_per_round=max(1, 8 // batch))
-        result[f"keras_modes_batch{batch}"] = {n: common.summarize(t, batch)
-                                               for n, t in times.items()}
-    return result
+def time_batch(live, owners, set_name, batch, rounds):
+    """Alternating rounds over every row of (set, batch): per row the call times and the mean
+    time of each round (for the spread of the ratios)."""
+    names = [k for k in owners if k.startswith(f"{set_name}/")
+             and (batch == 1 or k.split("/", 1)[1] not in w.BATCH1_ONLY)]
+    calls = max(1, 8 // batch)
+    for key in names:
+        live[owners[key]].ask({"warmup": key, "batch": batch, "calls": 2})
+    times = {k: {"wall": [], "cpu": [], "round_s": []} for k in names}
+    for _ in range(rounds):
+        for key in names:
+            answer = live[owners[key]].ask({"time": key, "batch": batch, "calls": calls})
+            times[key]["wall"] += answer["wall"]
+            times[key]["cpu"] += answer["cpu"]
+            times[key]["round_s"].append(float(np.mean(answer["wall"])))
+    rows = {}
+    for key, t in times.items():
+        row = common.summarize(t, batch)
+        row["round_ms"] = [round(s * 1e3, 2) for s in t["round_s"]]
+        rows[key.split("/", 1)[1]] = row
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="efficientnet-b0")
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--quick", action="store_true",
+                        help="development check: B0 only, 2 rounds (ratios only indicative)")
+    parser.add_argument("--sets", default=None, help=f"model sets, of {sorted(w.SETS)}")
     parser.add_argument("--batch_sizes", default="1,32")
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=None, help="default 6 (quick: 2)")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES),
+                        help=f"timing workers, of {list(RUNTIMES)}")
     parser.add_argument("--tflite_threads", type=int, default=os.cpu_count())
-    parser.add_argument("--intra_op", type=int, default=None,
-                        help="tf.config.threading intra-op threads (default: TF's, all cores)")
-    parser.add_argument("--inter_op", type=int, default=None,
-                        help="tf.config.threading inter-op threads (default: TF's)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="also time micro-batch sizes and Keras execution modes")
+    parser.add_argument("--intra_op", type=int, default=None, help="TF intra-op threads")
+    parser.add_argument("--inter_op", type=int, default=None, help="TF inter-op threads")
+    parser.add_argument("--onednn", default="default", choices=("on", "off", "default"),
+                        help="TF_ENABLE_ONEDNN_OPTS of the TF worker (default: TF's choice, on "
+                        "only for CPUs with AVX512_VNNI/BF16/AMX). 'on' fuses swish into the "
+                        "convolutions (bench.profile) and was faster at batch 32 but much slower "
+                        "at batch 1 on an AVX2-only EPYC (README)")
     parser.add_argument("--output", default=None, help="JSON path (default bench/results/)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    if args.intra_op is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
-    if args.inter_op is not None:
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+    sets = (args.sets or ("b0" if args.quick else "b0,v2s")).split(",")
+    runtimes = args.runtimes.split(",")
+    for value, valid, what in ((sets, w.SETS, "set"), (runtimes, RUNTIMES, "runtime")):
+        bad = sorted(set(value) - set(valid))
+        if bad:
+            raise SystemExit(f"Unknown {what}(s) {bad}; valid: {sorted(valid)}")
+    rounds = args.rounds or (2 if args.quick else 6)
 
     result = common.header("inference", argv)
-    result["settings"] = {"model": args.model, "size": args.size, "dtype": "float32",
-                          "rounds": args.rounds, "tflite_threads": args.tflite_threads,
+    result["settings"] = {"sets": {s: dict(zip(("model", "size", "timm"), w.SETS[s])) for s in sets},
+                          "dtype": "float32", "rounds": rounds, "quick": args.quick,
+                          "tflite_threads": args.tflite_threads,
                           "keras_execution": "tf.function(model(x, training=False))",
-                          "weights": "None (random init; speed does not depend on them)"}
-    with tempfile.TemporaryDirectory() as workdir:
-        ours, ka, candidates, checks, exports = build_candidates(args, workdir)
-        result["exports"] = exports
-        result["checks"] = checks
-        macs = common.count_macs(ours)
-        result["macs_per_image"] = macs
-        result["matmul_gflops"] = common.matmul_gflops()
-        result["results"] = {}
-        for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            result["results"][f"batch{batch}"] = run_batch(candidates, batch, args.size,
-                                                           args.rounds)
-        if args.sweep:
-            result.update(sweep(ours, ka, args.size, args.rounds))
+                          "openvino_config": "CPU, INFERENCE_PRECISION_HINT=f32, defaults otherwise",
+                          "weights": "random init (speed does not depend on them)"}
+    result["matmul_gflops"] = common.matmul_gflops()
+    result["settings"]["tf_onednn"] = args.onednn
+    spec = {"sets": sets, "tflite_threads": args.tflite_threads, "plain_bn": True, "onednn": args.onednn,
+            "intra_op": args.intra_op, "inter_op": args.inter_op}
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as workdir:
+        spec["workdir"] = workdir
+        for s in sets:
+            os.makedirs(os.path.join(workdir, s))
+        live, ready = start_workers(runtimes, spec, workdir)
+        try:
+            owners = {key: r for r, msg in ready.items() if r in live for key in msg["ready"]}
+            result["versions"]["runtimes"] = {r: m.get("versions") for r, m in ready.items()}
+            result["checks"] = {r: m.get("checks") for r, m in ready.items() if m.get("checks")}
+            result["models"] = ready["tf"]["facts"]
+            result["results"], result["load_average"] = {}, {}
+            for s in sets:
+                for batch in [int(b) for b in args.batch_sizes.split(",")]:
+                    key = f"{s}/batch{batch}"
+                    result["results"][key] = time_batch(live, owners, s, batch, rounds)
+                    result["load_average"][key] = round(os.getloadavg()[0], 2)
+        finally:
+            for worker in live.values():
+                worker.close()
     result["ratios"] = ratios(result["results"])
     result["flop_utilisation"] = utilisation(result)
+    result["goals"] = goals(result["results"])
     return common.finish("inference", result, table, args.output)
 
 
 def ratios(results):
+    """Throughput and p50 latency of every row against keras.applications' in the same table."""
     out = {}
-    base = KA
     for key, rows in results.items():
+        base = rows.get(w.KA)
         for name, row in rows.items():
-            if name == base:
+            if base is None or name == w.KA:
                 continue
             out.setdefault(key, {})[name] = {
-                "throughput_x": round(row["images_per_sec"] / rows[base]["images_per_sec"], 3),
-                "p50_latency_x": round(row["p50_ms"] / rows[base]["p50_ms"], 3)}
+                "throughput_x": round(row["images_per_sec"] / base["images_per_sec"], 3),
+                "p50_latency_x": round(row["p50_ms"] / base["p50_ms"], 3)}
+    return out
+
+
+def _round_ratios(a, b):
+    """a / b per round (mean call times): the spread of a ratio within one run."""
+    r = np.asarray(a["round_ms"]) / np.asarray(b["round_ms"])
+    return [round(float(r.min()), 3), round(float(np.median(r)), 3), round(float(r.max()), 3)]
+
+
+def _fastest(rows, names, by):
+    present = [n for n in names if n in rows]
+    if not present:
+        return None
+    if by == "latency":
+        return min(present, key=lambda n: rows[n]["p50_ms"])
+    return max(present, key=lambda n: rows[n]["images_per_sec"])
+
+
+def goals(results):
+    """Issue 13's targets, each as measured ratio, its per-round spread (min, median, max) and
+    whether the whole spread clears the target (beyond this run's noise)."""
+    out = {}
+
+    def add(key, label, a, b, target, lower_is_better, rows):
+        if a is None or b is None:
+            return
+        ratio = (rows[a]["p50_ms"] / rows[b]["p50_ms"] if lower_is_better
+                 else rows[a]["images_per_sec"] / rows[b]["images_per_sec"])
+        # Per round: time ratio; for throughput the inverse (b's time over a's).
+        spread = _round_ratios(rows[a], rows[b]) if lower_is_better else \
+            [round(1 / x, 3) for x in reversed(_round_ratios(rows[a], rows[b]))]
+        met = spread[2] <= target if lower_is_better else spread[0] >= target
+        out.setdefault(key, []).append({
+            "goal": label, "ours": a, "other": b, "ratio": round(ratio, 3), "round_spread": spread,
+            "target": f"{'<=' if lower_is_better else '>='} {target}", "met_beyond_noise": met})
+
+    for key, rows in results.items():
+        batch = next(iter(rows.values()))["batch"]
+        if batch == 1:
+            add(key, "fastest export's p50 latency vs fastest peer's",
+                _fastest(rows, OUR_EXPORTS, "latency"), _fastest(rows, PEERS, "latency"), 0.9,
+                True, rows)
+            add(key, "Keras model p50 latency vs keras.applications'", w.KERAS, w.KA, 1.0, True,
+                rows)
+        else:
+            add(key, "fastest export's throughput vs fastest peer's",
+                _fastest(rows, OUR_EXPORTS, "throughput"), _fastest(rows, PEERS, "throughput"),
+                1.1, False, rows)
+            if w.ORT_ONNX in rows:
+                add(key, "TF SavedModel throughput vs ONNX Runtime", w.SAVED, w.ORT_ONNX, 1.1,
+                    False, rows)
+            add(key, "Keras model throughput vs keras.applications", w.KERAS, w.KA, 1.3, False,
+                rows)
     return out
 
 
 def utilisation(result):
-    """Achieved FLOP/s against the nominal peak (wall clock: what the machine delivered), and
-    per CPU-second against one core's peak (robust to other processes sharing the cores)."""
+    """Achieved FLOP/s against the nominal peak (wall clock), and per CPU-second against one
+    core's peak. FLOPs are our model's (timm's counterparts differ by ~1%: same architecture)."""
     peak = result["machine"]["peak"]
-    gflop_per_image = 2 * result["macs_per_image"]["total"] / 1e9
     core_peak = peak["gflops"] / max(peak["cores"], 1)
-    out = {"gflop_per_image": round(gflop_per_image, 3), "peak_gflops": peak["gflops"],
-           "matmul_gflops": result["matmul_gflops"]}
+    out = {"peak_gflops": peak["gflops"], "matmul_gflops": result["matmul_gflops"]}
     for key, rows in result["results"].items():
+        set_name = key.split("/")[0]
+        gflop = 2 * result["models"][set_name]["macs_per_image"]["total"] / 1e9
+        out.setdefault("gflop_per_image", {})[set_name] = round(gflop, 3)
         for name, row in rows.items():
-            achieved = row["images_per_sec"] * gflop_per_image
-            per_cpu_second = gflop_per_image / (row["cpu_ms_per_image"] / 1e3)
+            achieved = row["images_per_sec"] * gflop
+            per_cpu_second = gflop / (row["cpu_ms_per_image"] / 1e3)
             out.setdefault(key, {})[name] = {
                 "gflops": round(achieved, 1),
                 "of_peak": round(achieved / peak["gflops"], 4) if peak["gflops"] else None,
@@ -221,20 +272,34 @@ def utilisation(result):
     return out
 
 
-def table(result):
+def rows_table(result):
     rows = []
     for key, cands in result["results"].items():
-        for name, row in cands.items():
+        set_name = key.split("/")[0]
+        model = f"{result['models'][set_name]['variant']} @ {result['models'][set_name]['size']}"
+        for name, row in sorted(cands.items(), key=lambda kv: -kv[1]["images_per_sec"]):
             ratio = result["ratios"].get(key, {}).get(name)
-            rows.append([name, row["batch"], row["images_per_sec"], row["p50_ms"], row["p90_ms"],
-                         row["cpu_ms_per_image"],
+            rows.append([model, name, row["batch"], row["images_per_sec"], row["p50_ms"],
+                         row["p90_ms"], row["cpu_ms_per_image"],
                          f"{ratio['throughput_x']:.2f}x" if ratio else "1.00x",
-                         f"{100 * result['flop_utilisation'][key][name]['of_peak']:.1f}%"])
-    text = common.markdown_table(["runtime", "batch", "images/s", "p50 ms", "p90 ms",
-                                  "CPU ms/image", "throughput vs keras.applications",
-                                  "of peak FLOP/s"], rows)
-    text = f"{result['settings']['model']} @ {result['settings']['size']}, float32 - " \
-           f"{common.machine_line(result)}\n\n" + text
+                         f"{100 * result['flop_utilisation'][key][name]['of_peak']:.0f}%"])
+    return common.markdown_table(["model", "runtime", "batch", "images/s", "p50 ms", "p90 ms",
+                                  "CPU ms/image", "vs keras.applications", "of peak FLOP/s"], rows)
+
+
+def goals_table(result):
+    rows = []
+    for key, items in result["goals"].items():
+        for g in items:
+            rows.append([key, g["goal"], f"{g['ratio']:.2f}x", g["target"],
+                         "-".join(f"{x:.2f}" for x in (g["round_spread"][0], g["round_spread"][2])),
+                         "met" if g["met_beyond_noise"] else "not met", f"{g['ours']} / {g['other']}"])
+    return common.markdown_table(["table", "goal (issue 13)", "measured", "target",
+                                  "per-round range", "beyond noise", "rows"], rows)
+
+
+def table(result):
+    text = f"{common.machine_line(result)}\n\n{rows_table(result)}\n\n{goals_table(result)}"
     if result.get("warning"):
         text += f"\n\nNote: {result['warning']}"
     return text

@@ -24,37 +24,41 @@ def _x(value):
     return f"{value:.2f}x"
 
 
+def _inference_lines(inf) -> list:
+    from bench.inference import goals_table, rows_table
+
+    runtimes = {k: v for m in inf["versions"].get("runtimes", {}).values() if m for k, v in m.items()}
+    loads = ", ".join(f"{k} {v:.1f}" for k, v in inf.get("load_average", {}).items())
+    lines = [f"Measured on {common.machine_line(inf)}; "
+             + ", ".join(f"{k} {v}" for k, v in sorted(runtimes.items()))
+             + f". Command: `{inf['command']}` ({inf['settings']['rounds']} alternating rounds per "
+             f"table, one worker process per runtime). Load average on {inf['machine']['cores']} "
+             f"cores after each table: {loads}. TF worker's TF_ENABLE_ONEDNN_OPTS: "
+             f"{inf['settings'].get('tf_onednn', 'default')}. Float32 everywhere (OpenVINO with "
+             "INFERENCE_PRECISION_HINT=f32), random weights; peers run timm's counterpart "
+             "(`torch.onnx.export`, dynamic batch). CPU ms/image is the worker process's CPU "
+             "time, the figure least affected by other load.", "",
+             "**Inference** (`python -m bench.inference`)", "", rows_table(inf), "",
+             "**Issue 13's goals** (ratios from the tables above; the range is the ratio's spread "
+             "over the rounds, \"met\" only when the whole range clears the target)", "",
+             goals_table(inf)]
+    util, peak = inf["flop_utilisation"], inf["machine"]["peak"]
+    flops = ", ".join(f"{inf['models'][k]['variant']} {v} GFLOP per image"
+                      for k, v in util["gflop_per_image"].items())
+    lines += ["", f"FLOPs: {flops} (2 x the multiply-adds counted from the layer shapes). Peak: "
+              f"{peak['cores']} cores x {peak['ghz']} GHz x {peak['flops_per_cycle_per_core']} "
+              f"FLOP/cycle ({peak['derivation']}) = {peak['gflops']} GFLOP/s; a large SGEMM "
+              f"reaches {inf['matmul_gflops']} GFLOP/s here."]
+    return lines
+
+
 def section() -> str:
     inf, train, inp = _load("inference"), _load("train"), _load("input")
-    s = inf["settings"]
-    lines = [f"Measured on {common.machine_line(inf)}. EfficientNet-B0 at "
-             f"{s['size']}x{s['size']}, float32; ratios are against keras.applications' "
-             "EfficientNetB0 timed in the same run (rounds interleaved). "
-             f"Load average during the runs: {inf['load_average_start'][0]:.1f} (inference), "
-             f"{train['load_average_start'][0]:.1f} (training), "
-             f"{inp['load_average_start'][0]:.1f} (input) on {inf['machine']['cores']} cores; "
-             "CPU ms/image is the process CPU time, the figure least affected by other load.",
-             "", "**Inference** (`python -m bench.inference`)", ""]
-    rows = []
-    util = inf["flop_utilisation"]
-    for key, cands in inf["results"].items():
-        for name, row in cands.items():
-            ratio = inf["ratios"].get(key, {}).get(name)
-            rows.append([name, row["batch"], row["images_per_sec"], row["p50_ms"], row["p90_ms"],
-                         row["cpu_ms_per_image"], _x(ratio["throughput_x"]) if ratio else "1.00x",
-                         f"{100 * util[key][name]['of_peak']:.0f}%"])
-    lines.append(common.markdown_table(
-        ["runtime", "batch", "images/s", "p50 ms", "p90 ms", "CPU ms/image",
-         "vs keras.applications", "of peak FLOP/s"], rows))
-    peak = inf["machine"]["peak"]
-    lines += ["", f"FLOPs: {util['gflop_per_image']} GFLOP per image "
-              f"({inf['macs_per_image']['total'] / 1e6:.0f} M multiply-adds, counted from the "
-              f"layer shapes). Peak: {peak['cores']} cores x {peak['ghz']} GHz x "
-              f"{peak['flops_per_cycle_per_core']} FLOP/cycle ({peak['derivation']}) = "
-              f"{peak['gflops']} GFLOP/s; a large SGEMM reaches {inf['matmul_gflops']} GFLOP/s "
-              "here.", "", "**Training step** (`python -m bench.train`, batch "
+    lines = _inference_lines(inf)
+    lines += ["", "**Training step** (`python -m bench.train`, batch "
               f"{train['settings']['batch']}, {train['settings']['optimizer']}, "
-              f"{train['settings']['loss']})", ""]
+              f"{train['settings']['loss']}; {common.machine_line(train)}, load average "
+              f"{train['load_average_start'][0]:.1f})", ""]
     rows = []
     for name, row in train["results"].items():
         rows.append([name, row["images_per_sec"], row["p50_ms"], row["cpu_ms_per_image"],
@@ -66,7 +70,8 @@ def section() -> str:
               f"{inp['settings']['randaugment']['num_layers']}x"
               f"{inp['settings']['randaugment']['magnitude']:g}, batch; "
               f"{inp['images']['count']} real JPEG photos, "
-              f"~{inp['images']['mean_bytes'] // 1000} kB)",
+              f"~{inp['images']['mean_bytes'] // 1000} kB; load average "
+              f"{inp['load_average_start'][0]:.1f})",
               ""]
     rate = inp.get("train_images_per_sec")
     rows = [[name, r["images_per_sec"], r["cpu_ms_per_image"],

@@ -1,8 +1,10 @@
-"""The one custom layer: input normalization from the TF-Hub [0, 1] convention."""
+"""The custom layers: input normalization from the TF-Hub [0, 1] convention, and batch norm on
+TF's fused kernel (what every built model uses)."""
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -36,3 +38,42 @@ class Preprocessing(keras.layers.Layer):
         config = super().get_config()
         config.update(mean=self.mean, std=self.std)
         return config
+
+
+@keras.saving.register_keras_serializable(package="efficientnet_tf")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization (same arguments, variables and semantics, including the
+    moving-average update with the biased batch variance) on tf.compat.v1.nn.fused_batch_norm.
+    Falls back to Keras' implementation where the fused kernel does not apply (masks, renorm,
+    synchronized statistics across replicas, inputs other than NHWC).
+
+    Why it is the default (README "Benchmarks"): Keras 3's BatchNormalization is a separate
+    multiply and add over every activation; FusedBatchNormV3 in inference is one op that
+    grappler's remapper fuses into the preceding convolution, and in training one op forward
+    and one backward instead of tf.nn.moments and a dozen elementwise ops."""
+
+    def call(self, inputs, training=None, mask=None):
+        axis = self.axis if self.axis >= 0 else self.axis + len(inputs.shape)
+        if (mask is not None or self.renorm or self.synchronized or len(inputs.shape) != 4
+                or axis != 3):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)
+        channels = x.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, is_training=True)[:3]
+            # The kernel returns the Bessel-corrected variance; Keras averages the biased one.
+            count = tf.cast(tf.size(x) // channels, tf.float32)
+            variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(self.moving_variance * momentum
+                                        + variance * (1.0 - momentum))
+        else:
+            y = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+                is_training=False)[0]
+        return tf.cast(y, self.compute_dtype)

@@ -40,14 +40,15 @@ INT8_TOLERANCE = Tolerance(rtol=0.0, atol=0.25)
 INT8_FEATURE_TOLERANCE = Tolerance(rtol=0.25, atol=0.0)
 
 
-def interpreter(model_content: bytes):
+def interpreter(model_content: bytes, num_threads: Optional[int] = None):
+    """A LiteRT interpreter, ready to run (tf.lite.Interpreter when ai-edge-litert is missing)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice for tf.lite.Interpreter
             Interpreter = tf.lite.Interpreter
-    result = Interpreter(model_content=model_content)
+    result = Interpreter(model_content=model_content, num_threads=num_threads)
     result.allocate_tensors()
     return result
 

@@ -16,7 +16,7 @@ def randomize_like_trained(model, calibration_images, seed=0):
     saved = []
     for layer in model.layers:
         kind = type(layer).__name__
-        if kind == "BatchNormalization":
+        if kind in ("BatchNormalization", "FusedBatchNormalization"):  # also tf_keras' layers
             gamma, beta = layer.gamma, layer.beta
             gamma.assign(rng.uniform(0.5, 1.5, gamma.shape).astype("float32"))
             beta.assign(rng.normal(0.0, 0.2, beta.shape).astype("float32"))

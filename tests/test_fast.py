@@ -14,6 +14,9 @@ SIZE = 96
 
 
 def trained_like(name, **kwargs):
+    # Seeded: with the scale of the randomized head, logits' max is ~1 and an unseeded init
+    # sometimes fell just below the > 1.0 checks.
+    keras.utils.set_random_seed(0)
     model = efficientnet_tf.build_model(name, input_shape=(SIZE, SIZE, 3), **kwargs)
     calibration = np.random.default_rng(1).uniform(size=(4, SIZE, SIZE, 3)).astype("float32")
     return randomize_like_trained(model, calibration)
@@ -69,7 +72,8 @@ def test_folded_rejects_what_it_cannot_fold():
 def test_fused_batchnorm_trains_like_keras_batchnorm(name):
     """Training mode: the same logits, gradients and moving statistics; inference mode: the same
     logits. The clone keeps layer names, variable paths and weights."""
-    model = trained_like(name, classifier_activation=None, dropout_rate=0, drop_connect_rate=0)
+    model = fast.with_keras_batchnorm(
+        trained_like(name, classifier_activation=None, dropout_rate=0, drop_connect_rate=0))
     fused = fast.with_fused_batchnorm(model)
     kinds = {type(l).__name__ for l in fused.layers}
     assert "FusedBatchNormalization" in kinds and "BatchNormalization" not in kinds
@@ -110,3 +114,27 @@ def test_fused_model_saves_and_loads_as_keras_file(tmp_path):
     plain = efficientnet_tf.build_model("efficientnet-lite0", input_shape=(SIZE, SIZE, 3))
     efficientnet_tf.load_weights(plain, loaded)  # by name: interchangeable with the plain model
     np.testing.assert_allclose(plain(x).numpy(), fused(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_and_keras_batchnorm_clones_are_the_same_function(tmp_path):
+    """with_fused_batchnorm swaps in TF's fused kernel and with_keras_batchnorm swaps it back:
+    same names and weights, and the same function in a tf.function as users serve it and after a
+    .keras round trip. (build_model keeps Keras' own BN: with oneDNN on, the fused inference
+    kernel measured ~20x slower at batch 1 on one thread; see README, Benchmarks.)"""
+    built = trained_like("efficientnet-b0", classifier_activation=None)
+    assert "FusedBatchNormalization" not in {type(l).__name__ for l in built.layers}
+    model = fast.with_fused_batchnorm(built)
+    kinds = {type(l).__name__ for l in model.layers}
+    assert "FusedBatchNormalization" in kinds and "BatchNormalization" not in kinds
+    plain = fast.with_keras_batchnorm(model)
+    assert {type(l).__name__ for l in plain.layers} >= {"BatchNormalization"}
+    assert "FusedBatchNormalization" not in {type(l).__name__ for l in plain.layers}
+    assert [v.path for v in plain.weights] == [v.path for v in model.weights]
+    x = tf.constant(images(4))
+    want = tf.function(lambda t: plain(t, training=False))(x).numpy()
+    got = tf.function(lambda t: model(t, training=False))(x).numpy()
+    assert np.abs(want).max() > 1.0
+    assert relative_error(want, got) < 1e-5
+    path = str(tmp_path / "fused.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path)(x).numpy(), got, rtol=1e-6, atol=1e-6)

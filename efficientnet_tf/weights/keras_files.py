@@ -88,9 +88,13 @@ def _auto_names(model) -> Dict[str, object]:
     ``_save_container_state``). Only needed for files written before Keras stored layer names."""
     from keras.src.utils.naming import to_snake_case
 
+    import keras
+
     used, names = {}, {}
     for layer in model.layers:
-        base = to_snake_case(type(layer).__name__)
+        # Our FusedBatchNormalization stands where the writing model had Keras' own layer.
+        kind = "BatchNormalization" if isinstance(layer, keras.layers.BatchNormalization) else type(layer).__name__
+        base = to_snake_case(kind)
         count = used.get(base, -1) + 1
         used[base] = count
         names[base if count == 0 else f"{base}_{count}"] = layer
@@ -102,6 +106,7 @@ _KERAS3_VARS = {
     "conv2d": ("kernel", "bias"),
     "depthwise_conv2d": ("kernel", "bias"),
     "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "fused_batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),  # ours
     "dense": ("kernel", "bias"),
 }
 
