@@ -1,5 +1,9 @@
 """EfficientNet V1, Lite and V2 for TensorFlow / Keras 3, from one architecture table."""
 
+from efficientnet_tf import console as _console
+
+_console.hold_import_banner()  # first: a command-line job imports TensorFlow without its C++ banner
+
 from efficientnet_tf.applications import CONSTRUCTORS
 from efficientnet_tf.builder import build_model, endpoints_model
 from efficientnet_tf.config import get_variant, list_models, model_info

@@ -104,12 +104,17 @@ def _weights(args) -> int:
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="python -m efficientnet_tf", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbosity", type=int, default=None,
+                        help="0: show TensorFlow's and absl's INFO lines and library warnings; 1: debug too "
+                             "(default: only this program's own lines)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the variant names")
-    info = sub.add_parser("info", help="build a variant and show its facts and endpoints")
+    info = sub.add_parser("info", help="build a variant and show its facts and endpoints", parents=[common])
     info.add_argument("model_name")
     info.add_argument("--image_size", type=int, default=None)
-    predict = sub.add_parser("predict", help="classify images, print the top-k classes with scores")
+    predict = sub.add_parser("predict", help="classify images, print the top-k classes with scores",
+                             parents=[common])
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF, BMP, ...)")
     predict.add_argument("--model_name", default="efficientnet-lite0", help="variant (default efficientnet-lite0)")
     predict.add_argument("--weights", default="imagenet",
@@ -133,6 +138,9 @@ def main(argv=None) -> int:
 
         print("\n".join(efficientnet_tf.list_models()))
         return 0
+    from efficientnet_tf import console
+
+    console.setup(args.verbosity)
     if args.command == "predict":
         try:
             return _predict(args)

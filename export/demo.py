@@ -34,7 +34,9 @@ def _top(probabilities, labels, k=3):
 
 def main(argv):
     del argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from efficientnet_tf import console
+
+    console.setup_from_flags()
     import numpy as np
     import tensorflow as tf
     import tensorflow_hub as hub

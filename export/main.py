@@ -23,11 +23,9 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app, flags, logging  # noqa: E402
 
-import efficientnet_tf  # noqa: E402
+import efficientnet_tf  # noqa: E402  (efficientnet_tf.console quiets TensorFlow's start-up unless -v)
 from export.formats import FORMATS  # noqa: E402
 from export.atomic import ExportWriteError, check_target  # noqa: E402
 from export.job import QUANTIZE_MODES  # noqa: E402
@@ -52,6 +50,14 @@ flags.DEFINE_string("labels", None, "Text file with one class name per line (def
 flags.DEFINE_multi_string("calibration_images", None, "Image files or globs for --quantize=int8 "
                           "(default: the photographs shipped in installed packages).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir once the new export is verified.")
+flags.DEFINE_bool("publish", False, "Also write tfhub.dev / Kaggle Models packages of the hub modules "
+                  "(formats hub, hub_tf1): .tar.gz archives and their documentation pages, into "
+                  "EXPORT_DIR-publish (export/publish.py).")
+flags.DEFINE_string("publisher", None, "--publish: the publisher id (lowercase letters, digits, '-').")
+flags.DEFINE_string("module_name", None, "--publish: the model name, e.g. efficientnet/b0 (default: "
+                    "--model_name); '/classification', '/feature_vector' or '/tf1/...' is appended.")
+flags.DEFINE_integer("version", 1, "--publish: the version of the published modules.", lower_bound=1)
+flags.DEFINE_string("license", "apache-2.0", "--publish: license metadata (a tfhub.dev license id).")
 flags.mark_flags_as_required(["model_name", "export_dir"])
 
 
@@ -90,12 +96,23 @@ def _calibration_files(patterns):
 def run(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from efficientnet_tf import console
     from efficientnet_tf.labels import read_labels
     from export import check_quantize, export_formats, export_model, parse_formats, summary_table
 
+    console.setup_from_flags()
     formats = parse_formats(FLAGS.format)  # bad arguments fail before any work
     check_quantize(FLAGS.quantize, formats)
     check_target(FLAGS.export_dir, FLAGS.overwrite)
+    if FLAGS.publish:
+        from export import publish
+
+        if not FLAGS.weights:
+            raise ValueError("--publish needs --weights: freshly initialized weights are not worth publishing")
+        publishable = [f for f in formats if f in publish.PUBLISHABLE_FORMATS]
+        publish.check_request(publishable[0] if publishable else FLAGS.format, FLAGS.publisher,
+                              FLAGS.module_name or FLAGS.model_name, FLAGS.version, FLAGS.license,
+                              publish.default_publish_dir(FLAGS.export_dir), FLAGS.overwrite)
     class_names = read_labels(FLAGS.labels) if FLAGS.labels else None
     calibration = _calibration_files(FLAGS.calibration_images)
     started = time.perf_counter()
@@ -118,12 +135,20 @@ def run(argv) -> int:
     options = dict(model_name=FLAGS.model_name, image_size=FLAGS.image_size, overwrite=FLAGS.overwrite,
                    quantize=FLAGS.quantize, class_names=class_names, calibration_images=calibration, weights=weights)
     if FLAGS.format in FORMATS:  # one format named: DIR holds it
-        print(export_model(model, FLAGS.export_dir, FLAGS.format, **options).summary())
-        return 0
-    results = export_formats(model, FLAGS.export_dir, formats, **options)
-    for result in results:
-        print(result.summary())
-    print(summary_table(results))
+        results = [export_model(model, FLAGS.export_dir, FLAGS.format, **options)]
+        print(results[0].summary())
+    else:
+        results = export_formats(model, FLAGS.export_dir, formats, **options)
+        for result in results:
+            print(result.summary())
+        print(summary_table(results))
+    if FLAGS.publish:
+        # Each format's folder has its own export_info.json, so publish reads them alike.
+        published = publish.publish([r.export_dir for r in results if r.format in publish.PUBLISHABLE_FORMATS],
+                                    publish.default_publish_dir(FLAGS.export_dir), publisher=FLAGS.publisher,
+                                    module_name=FLAGS.module_name or FLAGS.model_name, version=FLAGS.version,
+                                    license=FLAGS.license, overwrite=FLAGS.overwrite)
+        print(publish.summary(published))
     return 0
 
 

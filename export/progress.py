@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Iterator
 
 from absl import logging
@@ -11,11 +10,12 @@ from absl import logging
 
 @contextlib.contextmanager
 def step(message: str) -> Iterator[None]:
-    """Logs the start and the duration of a long step."""
-    logging.info("%s ...", message)
-    started = time.perf_counter()
-    yield
-    logging.info("%s: done in %.1fs", message, time.perf_counter() - started)
+    """Logs the start and the duration of a long step; on a job's quiet console, a progress line
+    (efficientnet_tf.console)."""
+    from efficientnet_tf import console
+
+    with console.step(message):
+        yield
 
 
 @contextlib.contextmanager

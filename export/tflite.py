@@ -139,8 +139,13 @@ def convert(job: ExportJob, quantize: Optional[str] = None,
         logging.info("tflite: calibrating int8 on %d images", len(samples))
 
         def representative():
-            for sample in samples:
-                yield [sample[None]]
+            from efficientnet_tf import console
+
+            with console.progress("tflite: int8 calibration", total=len(samples),
+                                  plain_every=max(1, len(samples) // 4)) as bar:
+                for sample in samples:
+                    yield [sample[None]]
+                    bar.advance()
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative

@@ -168,6 +168,9 @@ def test_synchronized_bn_on_a_built_model():
     assert all(l.synchronized and l.get_config()["synchronized"] for l in bn)
 
 
+# Two more worker processes (500 s on the shared 2-core machine, load ~10): beyond the default
+# tier's budget, which holds the single-process SIGTERM tests (tests/test_train_faults.py).
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(photo_tiles, tmp_path):
     """SIGTERM to worker 1 only: the workers agree (an all-reduced flag) to stop after the same
     step, write one consistent checkpoint there (the chief's; worker 1's copy is dropped) and
@@ -189,12 +192,11 @@ def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(photo_tiles, 
             cwd=ROOT, env=env(TF_CONFIG=tf_config), stdout=out, stderr=err, text=True))
     outputs = []
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline and all(p.poll() is None for p in procs):
-            if "step 2/400" in (tmp_path / "w0.err").read_text():
-                break
+        deadline = time.time() + 1500
+        while "step 1/400" not in (tmp_path / "w0.err").read_text():  # training has begun
+            assert time.time() < deadline, "no train step within 1500 s"
+            assert all(p.poll() is None for p in procs), "a worker ended before the signal"
             time.sleep(0.05)
-        assert all(p.poll() is None for p in procs), "a worker ended before the signal"
         procs[1].send_signal(signal.SIGTERM)
         for proc, (out, err) in zip(procs, logs):
             proc.wait(timeout=600)
@@ -213,7 +215,7 @@ def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(photo_tiles, 
     assert stops[0] and stops[1], [o[0][-1000:] for o in outputs]
     assert stops[1].group(1) == "SIGTERM" and stops[0].group(1) == "a signal to another worker"
     at = int(stops[0].group(2))
-    assert int(stops[1].group(2)) == at and 2 <= at < 400
+    assert int(stops[1].group(2)) == at and 1 <= at < 400
     (chief,), (other,) = digest(outputs[0][0]), digest(outputs[1][0])
     assert chief[2] == other[2]  # the same weights on both at the stop
     path = os.path.join(model_dir, f"ckpt-{at}")

@@ -43,7 +43,7 @@ def start(args, log_dir, name, **popen):
     return proc
 
 
-def wait_for(proc, predicate, what, timeout=600):
+def wait_for(proc, predicate, what, timeout=1500):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if predicate():
@@ -60,7 +60,7 @@ def reached_step(proc, step):
     return seen
 
 
-def finish(proc, timeout=600):
+def finish(proc, timeout=1500):
     try:
         proc.wait(timeout=timeout)
     finally:
@@ -111,7 +111,7 @@ def test_sigterm_saves_the_step_and_a_full_disk_loses_nothing(digits_dir, tmp_pa
     assert not glob.glob(os.path.join(model_dir, "ckpt-40*"))  # nothing half-written
     assert not glob.glob(os.path.join(model_dir, "input", "ckpt-40*"))
 
-    rerun = check_ok(run_main(*args))
+    rerun = check_ok(run_main(*args, "--verbosity=0"))  # -v 0: the absl INFO line checked below
     assert f"Resuming from {path} (step {at})" in rerun.stdout
     assert (f"Restored the input position from "
             f"{os.path.join(model_dir, 'input', f'ckpt-{at}')}") in rerun.stderr

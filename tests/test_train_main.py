@@ -100,7 +100,7 @@ def test_kill_9_then_rerun_resumes_and_loses_nothing(digits_dir, tmp_path):
     assert 4 <= killed_at < 24
     assert not os.path.exists(os.path.join(model_dir, "eval_results.json"))
 
-    rerun = check_ok(run_main(*args))
+    rerun = check_ok(run_main(*args, "--verbosity=0"))  # -v 0: the absl INFO line checked below
     assert f"Resuming from {os.path.join(model_dir, f'ckpt-{killed_at}')} (step {killed_at})" in rerun.stdout
     assert f"Restored the input position from {os.path.join(model_dir, 'input', f'ckpt-{killed_at}')}" in rerun.stderr
     results = read_json(model_dir, "eval_results.json")

@@ -5,6 +5,7 @@ the classifier may be left behind when the number of classes differs, nothing el
 from __future__ import annotations
 
 import contextlib
+import os
 
 import keras
 import tensorflow as tf

@@ -196,6 +196,9 @@ def given_flags() -> Dict[str, Any]:
 
 
 def main(argv):
+    from efficientnet_tf import console  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+
+    console.setup_from_flags()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
