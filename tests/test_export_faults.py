@@ -118,6 +118,7 @@ def test_disk_full_in_a_later_format_keeps_the_previous_export(tmp_path):
                   "--num_classes=10", "--overwrite", max_file_bytes=8 * 2**20)
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert f"Writing the export to '{target}' failed" in failed.stderr
+    assert "File too large [Op:SaveV2]" in failed.stderr  # TensorFlow's writer of saved_model/1/variables
     assert "the previous export there is untouched" in failed.stderr
     assert _tree(target) == before
     assert os.listdir(tmp_path) == ["lite0"]  # no temporary directory left behind
