@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from efficientnet_tf import console
 from train.state import TrainState
 
 
@@ -94,9 +95,11 @@ class Evaluator:
 
     def evaluate(self) -> Dict[str, object]:
         totals = np.zeros(4)
-        with self.state.averaged_weights():
+        # A redrawn line on a terminal (nothing in logs: count_lines=False); the job prints the result.
+        with self.state.averaged_weights(), console.progress("evaluating", count_lines=False) as bar:
             for images, labels in self.dataset:
                 totals += self.step(images, labels).numpy()
+                bar.advance()
         count = max(totals[3], 1.0)
         return {"top_1_accuracy": totals[1] / count, "top_5_accuracy": totals[2] / count,
                 "loss": totals[0] / count, "num_examples": int(totals[3]),
