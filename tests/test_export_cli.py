@@ -52,7 +52,7 @@ def test_cli_lists_valid_values(tmp_path):
     assert bad_model.returncode != 0
     assert "efficientnet-b0|" in bad_model.stderr and "efficientnetv2-xl" in bad_model.stderr
     bad_format = _cli("--model_name=efficientnet-b0", f"--export_dir={tmp_path / 'x'}", "--format=onnx")
-    assert bad_format.returncode != 0 and "<hub|hub_tf1|saved_model|tflite>" in bad_format.stderr
+    assert bad_format.returncode != 0 and "<hub|hub_tf1|saved_model|tflite|openvino>" in bad_format.stderr
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -109,9 +109,11 @@ def test_models_that_cannot_be_exported(tmp_path):
     with pytest.raises(ValueError, match="image_size=96 does not fit the model's fixed input"):
         fixed = efficientnet_tf.build_model("efficientnet-lite0", input_shape=(64, 64, 3))
         export_model(fixed, str(tmp_path / "a"), format="tflite", image_size=96)
+    headless = efficientnet_tf.build_model("efficientnet-lite0", include_top=False)
     with pytest.raises(ValueError, match="saved_model serves a classifier"):
-        export_model(efficientnet_tf.build_model("efficientnet-lite0", include_top=False),
-                     str(tmp_path / "a"), format="saved_model", image_size=64)
+        export_model(headless, str(tmp_path / "a"), format="saved_model", image_size=64)
+    with pytest.raises(ValueError, match="openvino is converted from the serving SavedModel"):
+        export_model(headless, str(tmp_path / "a"), format="openvino", image_size=64)
     keras.config.set_dtype_policy("mixed_float16")
     try:
         mixed = efficientnet_tf.build_model("efficientnet-lite0")
@@ -120,4 +122,4 @@ def test_models_that_cannot_be_exported(tmp_path):
     with pytest.raises(ValueError, match="computes in float16; exports are float32"):
         export_model(mixed, str(tmp_path / "a"), format="tflite")
     assert os.listdir(tmp_path) == []
-    assert tuple(export.FORMATS) == ("hub", "hub_tf1", "saved_model", "tflite")
+    assert tuple(export.FORMATS) == ("hub", "hub_tf1", "saved_model", "tflite", "openvino")
