@@ -37,7 +37,7 @@ def checkpoint_steps(model_dir):
 def start(args, log_dir, name, **popen):
     """A trainer process writing to files (a full pipe would block it)."""
     out, err = open(log_dir / f"{name}.out", "w"), open(log_dir / f"{name}.err", "w")
-    proc = subprocess.Popen(command(*args), cwd=ROOT, env=env(), stdout=out, stderr=err,
+    proc = subprocess.Popen(command("--verbosity=0", *args), cwd=ROOT, env=env(), stdout=out, stderr=err,
                             text=True, **popen)
     proc.logs = (log_dir / f"{name}.out", log_dir / f"{name}.err")
     return proc
