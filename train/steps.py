@@ -61,12 +61,15 @@ class TrainSteps:
                                     axis=None)
 
     def _loop(self, iterator, num_steps):
-        totals = tf.zeros([3])
-        for _ in tf.range(num_steps):
-            if self.stop is not None and self.stop.read_value():
-                break
+        # The stop flag is part of the loop condition, not a ``break``: AutoGraph turns a break
+        # into a tf.cond around the rest of the body, and MirroredStrategy.run inside a cond
+        # branch leaves unfed placeholders (found with --num_cpu_devices=2).
+        totals, done = tf.zeros([3]), tf.constant(0)
+        stop = self.stop if self.stop is not None else tf.constant(False)
+        while tf.logical_and(done < num_steps, tf.logical_not(stop)):
             images, labels = next(iterator)
             totals += self.step(images, labels)
+            done += 1
         return totals
 
 
