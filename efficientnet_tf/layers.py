@@ -1,5 +1,5 @@
 """The custom layers: input normalization from the TF-Hub [0, 1] convention, and batch norm on
-TF's fused kernel (what every built model uses)."""
+TF's fused kernel (what train.main trains with; ``efficientnet_tf.fast.with_fused_batchnorm``)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,21 @@ class Preprocessing(keras.layers.Layer):
         return config
 
 
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels in this process: TF_ENABLE_ONEDNN_OPTS, or by
+    default on x86 CPUs with AVX512_VNNI/AVX512_BF16/AMX (TF's IsMKLEnabled)."""
+    if "onednn" not in _ONEDNN:
+        try:
+            from tensorflow.python.util import _pywrap_util_port
+            _ONEDNN["onednn"] = bool(_pywrap_util_port.IsMklEnabled())
+        except (ImportError, AttributeError):  # a TF build without the query: its kernels
+            _ONEDNN["onednn"] = False
+    return _ONEDNN["onednn"]
+
+
+_ONEDNN: dict = {}
+
+
 @keras.saving.register_keras_serializable(package="efficientnet_tf")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization (same arguments, variables and semantics, including the
@@ -47,21 +62,28 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Falls back to Keras' implementation where the fused kernel does not apply (masks, renorm,
     synchronized statistics across replicas, inputs other than NHWC).
 
-    Why it is the default (README "Benchmarks"): Keras 3's BatchNormalization is a separate
-    multiply and add over every activation; FusedBatchNormV3 in inference is one op that
-    grappler's remapper fuses into the preceding convolution, and in training one op forward
-    and one backward instead of tf.nn.moments and a dozen elementwise ops."""
+    Why (README "Benchmarks"): Keras 3's BatchNormalization is a separate multiply and add over
+    every activation; FusedBatchNormV3 in training is one op forward and one backward instead of
+    tf.nn.moments and a dozen elementwise ops (1.45x faster train steps), and in inference one op
+    that grappler's remapper fuses into the preceding convolution.
+
+    Except under oneDNN in inference, where this layer runs Keras' path: there the remapper's
+    conv + FusedBatchNorm fusion becomes ``_MklNativeFusedConv2D`` with a batch-norm post-op,
+    which took 1136 CPU-ms per image at batch 1 against 44 for Keras' multiply-add (B0 at 224,
+    one thread, TF 2.21, TF_ENABLE_ONEDNN_OPTS=1; the stride-1 1x1 expansions at 112 and 56 px
+    took 290, 143 and 133 ms each), while at batch 32 it gained only 1.09x."""
 
     def call(self, inputs, training=None, mask=None):
         axis = self.axis if self.axis >= 0 else self.axis + len(inputs.shape)
+        inference = not (training and self.trainable)
         if (mask is not None or self.renorm or self.synchronized or len(inputs.shape) != 4
-                or axis != 3):
+                or axis != 3 or (inference and onednn_enabled())):
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, tf.float32)
         channels = x.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
-        if training and self.trainable:
+        if not inference:
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 x, gamma, beta, epsilon=self.epsilon, is_training=True)[:3]
             # The kernel returns the Bessel-corrected variance; Keras averages the biased one.

@@ -1,6 +1,11 @@
 """efficientnet_tf.fast: the BN-folded inference graph (what the serving export runs) and fused
 BatchNormalization (what train.main trains) compute what the Keras model computes."""
 
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -138,3 +143,36 @@ def test_fused_and_keras_batchnorm_clones_are_the_same_function(tmp_path):
     path = str(tmp_path / "fused.keras")
     model.save(path)
     np.testing.assert_allclose(keras.models.load_model(path)(x).numpy(), got, rtol=1e-6, atol=1e-6)
+
+
+_BN_GRAPH = """
+import json, keras, numpy as np, tensorflow as tf
+from efficientnet_tf.layers import FusedBatchNormalization, onednn_enabled
+x = np.random.default_rng(0).normal(size=(2, 5, 5, 4)).astype(np.float32)
+fused, plain = FusedBatchNormalization(), keras.layers.BatchNormalization()
+for layer in (fused, plain):
+    layer.build(x.shape)
+    layer.set_weights([np.linspace(0.5, 2, 4, dtype=np.float32), np.arange(4, dtype=np.float32),
+                       np.full(4, 0.3, np.float32), np.linspace(1, 3, 4, dtype=np.float32)])
+run = tf.function(lambda t, training: fused(t, training=training))
+ops = {training: sorted({op.type for op in run.get_concrete_function(
+    tf.TensorSpec(x.shape), training).graph.get_operations()}) for training in (False, True)}
+gap = float(np.abs(run(x, False).numpy() - plain(x, training=False).numpy()).max())
+print(json.dumps({"onednn": onednn_enabled(), "ops": {str(k): v for k, v in ops.items()}, "gap": gap}))
+"""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_fused_batchnorm_inference_avoids_the_fused_kernel_under_onednn(onednn):
+    """Under oneDNN the inference path is Keras' (conv + FusedBatchNorm fused by oneDNN took
+    ~25x the CPU time at batch 1); training keeps the fused kernel either way. In a fresh
+    process per setting: TF reads TF_ENABLE_ONEDNN_OPTS once."""
+    proc = subprocess.run([sys.executable, "-c", _BN_GRAPH], capture_output=True, text=True,
+                          env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2"),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["onednn"] is (onednn == "1")
+    assert ("FusedBatchNormV3" in result["ops"]["False"]) is (onednn == "0")
+    assert "FusedBatchNormV3" in result["ops"]["True"]
+    assert result["gap"] < 1e-5

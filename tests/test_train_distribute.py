@@ -5,14 +5,12 @@ over 127.0.0.1, both through ``python -m train.main``; plus the strategy helpers
 import json
 import os
 import re
-import socket
-import subprocess
 
 import numpy as np
 import pytest
 
 from train import distribute
-from train_helpers import ROOT, SMALL, check_ok, checkpoint_tensors, command, env, read_json, run_main
+from train_helpers import SMALL, check_ok, checkpoint_tensors, read_json, run_main, run_two_workers
 
 
 # SGD steps that can be compared across strategies: deterministic input and init, no
@@ -74,44 +72,11 @@ def test_mirrored_over_two_cpus_equals_one_device(photo_tiles, tmp_path):
     assert update_difference(one, unsynced) > 1.0  # measured ~39: per-replica statistics
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_multi_worker_mirrored_two_processes_on_loopback(photo_tiles, tmp_path):
     model_dir = str(tmp_path / "run")
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    procs, logs = [], []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        # Files, not pipes: a worker blocked on a full pipe would stall the collectives of both.
-        out, err = open(tmp_path / f"w{index}.out", "w+"), open(tmp_path / f"w{index}.err", "w+")
-        logs.append((out, err))
-        procs.append(subprocess.Popen(
-            command(f"--model_dir={model_dir}", f"--dataset={photo_tiles}", "--train_steps=3",
-                    "--config=runtime.checkpoint_input=true", *COMPARABLE),
-            cwd=ROOT, env=env(TF_CONFIG=tf_config), stdout=out, stderr=err, text=True))
-    outputs = []
-    try:
-        for proc, (out, err) in zip(procs, logs):
-            proc.wait(timeout=900)
-            out.seek(0)
-            err.seek(0)
-            outputs.append((out.read(), err.read()))
-    finally:
-        for proc, (out, err) in zip(procs, logs):
-            if proc.poll() is None:
-                proc.kill()
-            out.close()
-            err.close()
-    for proc, (stdout, stderr) in zip(procs, outputs):
-        check_ok(proc, stdout, stderr)
+    outputs = run_two_workers(tmp_path, [
+        f"--model_dir={model_dir}", f"--dataset={photo_tiles}", "--train_steps=3",
+        "--config=runtime.checkpoint_input=true", *COMPARABLE], timeout=900)
     (chief,), (other,) = digest(outputs[0][0]), digest(outputs[1][0])
     assert chief[:2] == ("worker", "0") and other[:2] == ("worker", "1")
     assert chief[2] == other[2]  # both workers hold the same weights after 3 steps
@@ -179,38 +144,19 @@ def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(photo_tiles, 
     import time
 
     model_dir = str(tmp_path / "run")
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    procs, logs = [], []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        out, err = open(tmp_path / f"w{index}.out", "w+"), open(tmp_path / f"w{index}.err", "w+")
-        logs.append((out, err))
-        procs.append(subprocess.Popen(
-            command(f"--model_dir={model_dir}", f"--dataset={photo_tiles}", "--train_steps=400",
-                    "--config=runtime.checkpoint_every_steps=1000",
-                    "--config=runtime.log_every_steps=1", *COMPARABLE),
-            cwd=ROOT, env=env(TF_CONFIG=tf_config), stdout=out, stderr=err, text=True))
-    outputs = []
-    try:
+
+    def signal_worker_1_once_training_began(procs):
         deadline = time.time() + 1500
-        while "step 1/400" not in (tmp_path / "w0.err").read_text():  # training has begun
+        while "step 1/400" not in (tmp_path / "w0.err").read_text():
             assert time.time() < deadline, "no train step within 1500 s"
             assert all(p.poll() is None for p in procs), "a worker ended before the signal"
             time.sleep(0.05)
         procs[1].send_signal(signal.SIGTERM)
-        for proc, (out, err) in zip(procs, logs):
-            proc.wait(timeout=600)
-            out.seek(0)
-            err.seek(0)
-            outputs.append((out.read(), err.read()))
-    finally:
-        for proc, (out, err) in zip(procs, logs):
-            if proc.poll() is None:
-                proc.kill()
-            out.close()
-            err.close()
-    for proc, (stdout, stderr) in zip(procs, outputs):
-        check_ok(proc, stdout, stderr)
+
+    outputs = run_two_workers(tmp_path, [
+        f"--model_dir={model_dir}", f"--dataset={photo_tiles}", "--train_steps=400",
+        "--config=runtime.checkpoint_every_steps=1000", "--config=runtime.log_every_steps=1",
+        *COMPARABLE], timeout=600, during=signal_worker_1_once_training_began)
     stops = [re.search(r"Stopped by (.+) at step (\d+)/400", stdout) for stdout, _ in outputs]
     assert stops[0] and stops[1], [o[0][-1000:] for o in outputs]
     assert stops[1].group(1) == "SIGTERM" and stops[0].group(1) == "a signal to another worker"
