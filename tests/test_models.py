@@ -12,13 +12,16 @@ from efficientnet_tf.applications import constructor_name
 from param_counts import KERAS_TOTAL, TRAINABLE
 
 HUGE = {"efficientnet-l2"}  # 480M parameters: counted in the slow tier only
+# 19M-208M parameters, 5-21 s each to build here: slow tier too (B0-B3, Lite, V2-B0..S stay).
+LARGE = {"efficientnet-b4", "efficientnet-b5", "efficientnet-b6", "efficientnet-b7",
+         "efficientnet-b8", "efficientnetv2-m", "efficientnetv2-l", "efficientnetv2-xl"}
 
 
 def _trainable(model):
     return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
 
 
-@pytest.mark.parametrize("name", [n for n in efficientnet_tf.list_models() if n not in HUGE])
+@pytest.mark.parametrize("name", [n for n in efficientnet_tf.list_models() if n not in HUGE | LARGE])
 def test_parameter_counts(name):
     model = efficientnet_tf.build_model(name)
     assert _trainable(model) == TRAINABLE[name]
@@ -30,8 +33,8 @@ def test_parameter_counts(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(HUGE))
-def test_parameter_counts_huge(name):
+@pytest.mark.parametrize("name", sorted(HUGE | LARGE))
+def test_parameter_counts_large(name):
     test_parameter_counts(name)
 
 

@@ -1,7 +1,7 @@
 """python -m train.main end to end: the embedded digits default, kill -9 and resume, mocked
 imagenet2012, fine-tuning from a run, export, bad flags. Small (32 px, a few steps) but real:
 each run is a fresh process (except the mocked ImageNet run, which needs mock_data in-process).
-The >= 95% digits accuracy run is marked slow."""
+The >= 95% digits accuracy run, kill -9, stages and a second fine-tuning are in the slow tier."""
 
 import glob
 import json
@@ -65,6 +65,9 @@ def test_default_run_trains_on_digits_and_writes_everything(default_run):
     assert "Epoch 1/1" in proc.stdout and "6/22" in proc.stdout  # Keras progress bar
 
 
+# Slow tier (3 trainer processes, ~215 s): the default tier's SIGTERM test
+# (tests/test_train_faults.py) resumes a rerun bit-identically too, from the signal's checkpoint.
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes_and_loses_nothing(digits_dir, tmp_path):
     """kill -9 mid-run, rerun the same command: it resumes at the last checkpoint (step,
     optimizer slots, EMA, dropout RNG, input position) and ends bit-identical to a run that
@@ -112,6 +115,7 @@ def test_kill_9_then_rerun_resumes_and_loses_nothing(digits_dir, tmp_path):
         np.testing.assert_array_equal(final[name], expected[name], err_msg=name)
 
 
+@pytest.mark.slow  # two stages, two traces of the train loop (~85 s); the stage plan is in-process
 def test_progressive_learning_stages(digits_dir, tmp_path):
     """EfficientNetV2-style stages on the digits: the image size grows between stages."""
     proc = check_ok(run_main(
@@ -170,7 +174,13 @@ def test_eval_and_fine_tune_from_a_run(default_run, tmp_path):
     exported = read_json(export_dir, "export_info.json")
     assert exported["num_classes"] == 10 and "EMA" in exported["weights"]
     assert os.path.isdir(os.path.join(export_dir, "1"))  # the serving SavedModel
-    # A new number of classes: everything but the classifier is loaded.
+
+
+# A new head is also what the default tier's ImageNet fine-tuning below loads around.
+@pytest.mark.slow
+def test_fine_tune_a_run_with_a_new_number_of_classes(default_run, tmp_path):
+    """Everything but the classifier is loaded from the run's checkpoint."""
+    source, _ = default_run
     tuned = check_ok(run_main(f"--model_dir={tmp_path / 'tune'}", f"--init_weights={source}",
                               f"--data_dir={read_json(source, 'config.json')['data']['data_dir']}",
                               "--num_classes=12", "--train_steps=2", "--mode=train"))
