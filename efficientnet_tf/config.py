@@ -145,11 +145,17 @@ class Variant:
 
     def eval_crop_fraction(self, image_size: Optional[int] = None) -> float:
         """Fraction of the shorter image side kept by the evaluation centre crop at ``image_size``
-        (default: the variant's resolution); 1.0 = no crop. The one statement of the crop rule."""
+        (default: the variant's resolution); 1.0 = no crop."""
         size = self.resolution if image_size is None else image_size
-        if self.crop_below is not None and size >= self.crop_below:
-            return 1.0
-        return size / (size + self.crop_padding)
+        return eval_crop_fraction(size, self.crop_padding, self.crop_below)
+
+
+def eval_crop_fraction(image_size: int, crop_padding: int, crop_below: Optional[int] = None) -> float:
+    """The one statement of the evaluation crop rule: keep ``S / (S + crop_padding)`` of the
+    shorter side, or all of it when ``S >= crop_below`` (automl V2-S/M/L/XL at 320+ px)."""
+    if crop_below is not None and image_size >= crop_below:
+        return 1.0
+    return image_size / (image_size + crop_padding)
 
 
 def round_filters(filters: int, variant: Variant, skip: bool = False) -> int:

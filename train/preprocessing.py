@@ -38,7 +38,7 @@ class CropRule:
     """A family's crop and resize conventions (the quirks of its official code).
 
     crop_padding, crop_below: the eval centre crop's parameters, as efficientnet_tf.config's
-      Variant has them (its eval_crop_fraction is the rule).
+      Variant has them (efficientnet_tf.config.eval_crop_fraction is the rule).
     legacy: tensorflow/tpu conventions (V1, Lite, V2-B0..B3): crop offsets ((h - crop) + 1) // 2
       and tf.compat.v1.image.resize (half_pixel_centers=False). automl V2-S/M/L/XL: offsets
       (h - crop) // 2 and TF2's tf.image.resize.
@@ -93,9 +93,7 @@ def eval_config(image_size: int, rule: CropRule | str = "v1",
     """The library's EvalConfig for a CropRule at `image_size`."""
     rule = get_crop_rule(rule)
     check_resize_method(resize_method)
-    # The library's one statement of the crop rule, on this rule's crop_padding and crop_below
-    # (all it reads when given the size).
-    fraction = lib_config.Variant.eval_crop_fraction(rule, int(image_size))
+    fraction = lib_config.eval_crop_fraction(int(image_size), rule.crop_padding, rule.crop_below)
     return eval_lib.EvalConfig(int(image_size), fraction, resize_method, legacy=rule.legacy)
 
 
