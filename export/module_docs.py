@@ -175,12 +175,10 @@ def _head(page: ModulePage) -> Tuple[str, str]:
     return "feature vectors", f"(2, {page.info['num_features']})"
 
 
-def _usage_tf2(page: ModulePage) -> List[str]:
-    size, (what, shape) = page.size, _head(page)
-    main = "image_classification" if page.role == "classification" else "image_feature_vector"
+def _snippet_setup(page: ModulePage) -> List[str]:
+    """The imports, handle and input batch every usage snippet starts with."""
+    size = page.size
     return [
-        "### tf_keras: `hub.KerasLayer`", "",
-        "```python",
         "import numpy as np",
         "import tensorflow as tf",
         "import tensorflow_hub as hub",
@@ -189,6 +187,16 @@ def _usage_tf2(page: ModulePage) -> List[str]:
         f'HANDLE = "{page.url}"',
         f"images = np.random.default_rng(0).uniform(0, 1, (2, {size}, {size}, 3)).astype(np.float32)  # RGB in [0, 1]",
         "",
+    ]
+
+
+def _usage_tf2(page: ModulePage) -> List[str]:
+    size, (what, shape) = page.size, _head(page)
+    main = "image_classification" if page.role == "classification" else "image_feature_vector"
+    return [
+        "### tf_keras: `hub.KerasLayer`", "",
+        "```python",
+        *_snippet_setup(page),
         f"model = tf_keras.Sequential([tf_keras.Input(({size}, {size}, 3)), hub.KerasLayer(HANDLE)])",
         f"print(model(images).shape)  # {shape}",
         "```", "",
@@ -218,14 +226,7 @@ def _usage_tf1(page: ModulePage) -> List[str]:
     return [
         "### `hub.load` (TF2 eager, tag set `{}`)", "",
         "```python",
-        "import numpy as np",
-        "import tensorflow as tf",
-        "import tensorflow_hub as hub",
-        "import tf_keras",
-        "",
-        f'HANDLE = "{page.url}"',
-        f"images = np.random.default_rng(0).uniform(0, 1, (2, {size}, {size}, 3)).astype(np.float32)  # RGB in [0, 1]",
-        "",
+        *_snippet_setup(page),
         "module = hub.load(HANDLE)",
         'outputs = module.signatures["default"](images=tf.constant(images))',
         f'print(outputs["default"].shape)  # {shape}',
