@@ -72,6 +72,9 @@ def test_mirrored_over_two_cpus_equals_one_device(photo_tiles, tmp_path):
     assert update_difference(one, unsynced) > 1.0  # measured ~39: per-replica statistics
 
 
+# Slow tier: the default tier's SIGTERM test below runs the same two workers (and their equal
+# weights, run_info and checkpoint checks) up to a signal; this one runs them to the end.
+@pytest.mark.slow
 def test_multi_worker_mirrored_two_processes_on_loopback(photo_tiles, tmp_path):
     model_dir = str(tmp_path / "run")
     outputs = run_two_workers(tmp_path, [
@@ -133,9 +136,6 @@ def test_synchronized_bn_on_a_built_model():
     assert all(l.synchronized and l.get_config()["synchronized"] for l in bn)
 
 
-# Two more worker processes (500 s on the shared 2-core machine, load ~10): beyond the default
-# tier's budget, which holds the single-process SIGTERM tests (tests/test_train_faults.py).
-@pytest.mark.slow
 def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(photo_tiles, tmp_path):
     """SIGTERM to worker 1 only: the workers agree (an all-reduced flag) to stop after the same
     step, write one consistent checkpoint there (the chief's; worker 1's copy is dropped) and
@@ -156,14 +156,20 @@ def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(photo_tiles, 
     outputs = run_two_workers(tmp_path, [
         f"--model_dir={model_dir}", f"--dataset={photo_tiles}", "--train_steps=400",
         "--config=runtime.checkpoint_every_steps=1000", "--config=runtime.log_every_steps=1",
-        *COMPARABLE], timeout=600, during=signal_worker_1_once_training_began)
+        "--config=runtime.checkpoint_input=true", *COMPARABLE], timeout=600,
+        during=signal_worker_1_once_training_began)
     stops = [re.search(r"Stopped by (.+) at step (\d+)/400", stdout) for stdout, _ in outputs]
     assert stops[0] and stops[1], [o[0][-1000:] for o in outputs]
     assert stops[1].group(1) == "SIGTERM" and stops[0].group(1) == "a signal to another worker"
     at = int(stops[0].group(2))
     assert int(stops[1].group(2)) == at and 1 <= at < 400
     (chief,), (other,) = digest(outputs[0][0]), digest(outputs[1][0])
+    assert chief[:2] == ("worker", "0") and other[:2] == ("worker", "1")
     assert chief[2] == other[2]  # the same weights on both at the stop
+    info = read_json(model_dir, "run_info.json")
+    assert (info["strategy"], info["replicas"], info["sync_bn"]) == (
+        "MultiWorkerMirroredStrategy", 2, True)
+    assert "not checkpointed under MultiWorkerMirroredStrategy" in outputs[0][1]
     path = os.path.join(model_dir, f"ckpt-{at}")
     assert f"saved {path}." in outputs[0][0]
     assert len(checkpoint_tensors(path)) > 400  # complete and readable
