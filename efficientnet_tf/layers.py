@@ -3,6 +3,8 @@ TF's fused kernel (what train.main trains with; ``efficientnet_tf.fast.with_fuse
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -40,19 +42,15 @@ class Preprocessing(keras.layers.Layer):
         return config
 
 
+@functools.lru_cache(maxsize=None)
 def onednn_enabled() -> bool:
     """Whether TensorFlow runs its oneDNN kernels in this process: TF_ENABLE_ONEDNN_OPTS, or by
     default on x86 CPUs with AVX512_VNNI/AVX512_BF16/AMX (TF's IsMKLEnabled)."""
-    if "onednn" not in _ONEDNN:
-        try:
-            from tensorflow.python.util import _pywrap_util_port
-            _ONEDNN["onednn"] = bool(_pywrap_util_port.IsMklEnabled())
-        except (ImportError, AttributeError):  # a TF build without the query: its kernels
-            _ONEDNN["onednn"] = False
-    return _ONEDNN["onednn"]
-
-
-_ONEDNN: dict = {}
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TF build without the query: its own kernels
+        return False
+    return bool(getattr(_pywrap_util_port, "IsMklEnabled", lambda: False)())
 
 
 @keras.saving.register_keras_serializable(package="efficientnet_tf")
