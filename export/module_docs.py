@@ -190,9 +190,13 @@ def _snippet_setup(page: ModulePage) -> List[str]:
     ]
 
 
+def _main_signature(page: ModulePage) -> str:
+    """The signature a module's default call maps to, as the hub exporters name it."""
+    return "image_classification" if page.role == "classification" else "image_feature_vector"
+
+
 def _usage_tf2(page: ModulePage) -> List[str]:
-    size, (what, shape) = page.size, _head(page)
-    main = "image_classification" if page.role == "classification" else "image_feature_vector"
+    size, (what, shape), main = page.size, _head(page), _main_signature(page)
     return [
         "### tf_keras: `hub.KerasLayer`", "",
         "```python",
@@ -221,8 +225,7 @@ def _usage_tf2(page: ModulePage) -> List[str]:
 
 
 def _usage_tf1(page: ModulePage) -> List[str]:
-    size, (what, shape) = page.size, _head(page)
-    main = "image_classification" if page.role == "classification" else "image_feature_vector"
+    size, (what, shape), main = page.size, _head(page), _main_signature(page)
     return [
         "### `hub.load` (TF2 eager, tag set `{}`)", "",
         "```python",
