@@ -142,7 +142,12 @@ def test_fused_and_keras_batchnorm_clones_are_the_same_function(tmp_path):
     assert relative_error(want, got) < 1e-5
     path = str(tmp_path / "fused.keras")
     model.save(path)
-    np.testing.assert_allclose(keras.models.load_model(path)(x).numpy(), got, rtol=1e-6, atol=1e-6)
+    loaded = keras.models.load_model(path)
+    assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in model.layers]
+    for saved, restored in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(restored.numpy(), saved.numpy(), err_msg=saved.path)
+    # Called eagerly (oneDNN's fusions differ from the tf.function's: ~1e-6 apart, not bit-equal).
+    assert relative_error(loaded(x).numpy(), got) < 1e-5
 
 
 _BN_GRAPH = """
