@@ -84,13 +84,17 @@ class FoldedModel(tf.Module):
     """Inference-only twin of an efficientnet_tf model (any family, any head).
 
     ``micro_batch``: batches larger than this run as a tf.while_loop over slices of this size
-    (None: never split). ``serve`` is the ``tf.function`` to save or convert (signature:
-    float32 images, the model's input shape with a free batch dimension); calling the module
-    calls it.
+    (None: never split). ``constants``: the folded weights become constants of the traced
+    graph instead of variables of this module (``folded_variables`` is then empty): oneDNN's
+    fused convolution re-lays-out a filter it cannot prove constant on every call, which at
+    batch 1 took 128 CPU-ms per image for B0 against 38 with constants (README, Benchmarks).
+    A graph with constants is a protobuf, limited to 2 GB. ``serve`` is the ``tf.function``
+    to save or convert (signature: float32 images, the model's input shape with a free batch
+    dimension); calling the module calls it.
     """
 
     def __init__(self, model: keras.Model, micro_batch: int | None = DEFAULT_MICRO_BATCH,
-                 name=None):
+                 name=None, constants: bool = False):
         super().__init__(name=name or f"{model.name.replace('-', '_')}_folded")
         if len(model.inputs) != 1:
             raise ValueError(f"FoldedModel needs a single-input model, {model.name} has "
@@ -98,8 +102,9 @@ class FoldedModel(tf.Module):
         if micro_batch is not None and (isinstance(micro_batch, bool) or micro_batch < 1):
             raise ValueError(f"micro_batch must be a positive int or None, got {micro_batch!r}")
         self.micro_batch = micro_batch
-        self._plan = _Plan(model)
+        self._plan = _Plan(model, constants)
         # Folded weights as variables of this module (saved with it; the Keras model is not).
+        # With constants=True there are none: the traced graph holds the values.
         self.folded_variables = dict(self._plan.variables)
         spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="images")
         self.serve = tf.function(self._call, input_signature=[spec])
@@ -135,8 +140,9 @@ class _Plan:
     """The model's layers in topological order as (input ids, output id, fn) steps, with each
     conv + BatchNormalization (+ Activation) collapsed into one step."""
 
-    def __init__(self, model):
+    def __init__(self, model, constants=False):
         self.variables = {}
+        self._constants = constants
         self._alias = {}  # keras tensor id -> id of the tensor that now carries its value
         self._input_id = id(model.inputs[0])
         self._outputs = keras.tree.map_structure(id, model.output)
@@ -174,6 +180,8 @@ class _Plan:
         return None
 
     def _variable(self, layer_name, what, value):
+        if self._constants:  # an array: each trace converts it into a Const node of its graph
+            return np.asarray(value, np.float32)
         var = tf.Variable(np.asarray(value, np.float32), trainable=False,
                           name=f"{layer_name}/{what}")
         self.variables[f"{layer_name}/{what}"] = var
@@ -206,7 +214,7 @@ class _Plan:
         if isinstance(layer, keras.layers.Dense):
             kernel = self._variable(layer.name, "kernel", layer.kernel.numpy())
             bias = (self._variable(layer.name, "bias", layer.bias.numpy()) if layer.use_bias
-                    else tf.zeros([kernel.shape[-1]]))
+                    else np.zeros([kernel.shape[-1]], np.float32))
             act = _activation_fn(layer.activation)
             return lambda x: act(tf.nn.bias_add(tf.matmul(x, kernel), bias))
         raise AssertionError(f"unhandled layer {layer.name}")
@@ -291,8 +299,8 @@ def _swap_batchnorm(model: keras.Model, source: type, target: type) -> keras.Mod
 
 def with_fused_batchnorm(model: keras.Model) -> keras.Model:
     """A copy of ``model`` (same layer names, variable paths and weights) whose Keras
-    BatchNormalization layers are :class:`FusedBatchNormalization` (what ``build_model`` now
-    builds; this converts models built elsewhere or loaded from old files). Build it inside
+    BatchNormalization layers are :class:`FusedBatchNormalization` (what train.main trains;
+    ``build_model`` keeps Keras' own, see the module docstring). Build it inside
     the distribution strategy's scope, like the model."""
     return _swap_batchnorm(model, keras.layers.BatchNormalization, FusedBatchNormalization)
 

@@ -5,8 +5,11 @@ Signatures:
 - ``serving_bytes``: ``image_bytes`` string [batch] of encoded JPEG/PNG/GIF/BMP files, decoded,
   centre-cropped and resized exactly like ``efficientnet_tf.preprocessing.preprocess_bytes``
   (TF Serving's REST API base64-decodes inputs whose name ends in ``_bytes``).
-The graph is the BN-folded inference graph of ``efficientnet_tf.fast.FoldedModel`` (faster; the
-variables are the folded kernels and biases, not the Keras model's). Both return ``probabilities`` [batch, classes], and for the top-k (k = min(5, classes))
+The graph is the BN-folded inference graph of ``efficientnet_tf.fast.FoldedModel`` (faster; it
+holds the folded kernels and biases, not the Keras model's weights). Up to ``CONSTANTS_LIMIT``
+bytes of weights (every variant but V2-XL and L2) they are constants of the graph, so the
+SavedModel has no variables: under oneDNN that made B0 3.4x faster at batch 1 (README,
+Benchmarks); larger models keep them as variables (a graph is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes], and for the top-k (k = min(5, classes))
 ``classes`` (int32), ``scores`` and ``class_names``. Bytes that are not an image fail the
 request with InvalidArgument naming the position in the batch; the model keeps serving.
 """
@@ -27,6 +30,13 @@ from export.verify import TF_TOLERANCE, Verification
 
 VERSION = "1"
 TOP_K = 5
+# B7 264 MB, B8 350 MB, V2-L 476 MB of float32 weights: constants; V2-XL (833 MB) and L2
+# (1.9 GB) would bring saved_model.pb near protobuf's 2 GB, so they keep variables.
+CONSTANTS_LIMIT = 512 * 2**20
+
+
+def weights_as_constants(job: ExportJob) -> bool:
+    return 4 * job.endpoints.count_params() <= CONSTANTS_LIMIT
 
 
 def _build(job: ExportJob):
@@ -35,7 +45,7 @@ def _build(job: ExportJob):
     with progress.step("saved_model: folding batch norm and tracing the network"):
         # Inference only: BN folded into the convolutions (efficientnet_tf.fast), ~1.5x the
         # Keras graph's throughput on CPU (README "Benchmarks"), same outputs up to rounding.
-        folded = FoldedModel(job.endpoints)
+        folded = FoldedModel(job.endpoints, constants=weights_as_constants(job))
 
         def logits_fn(images):
             return folded.forward(trace.checked_images(images, job.input_hw))["logits"]
@@ -88,6 +98,13 @@ def verify(job: ExportJob, staging_dir: str) -> Verification:
     record = Verification(SavedModelExporter.name)
     with progress.step("saved_model: reloading and comparing"):
         loaded = tf.saved_model.load(os.path.join(staging_dir, VERSION), tags=["serve"])
+        constants = weights_as_constants(job)
+        record.equal("saved_model/weights are graph constants" if constants else
+                     "saved_model/weights are variables", len(loaded.variables) == 0, constants,
+                     f"the SavedModel holds {len(loaded.variables)} variables; expected "
+                     + ("none (weights as constants)" if constants else "the folded weights"))
+        record.notes.append("saved_model weights: " + ("graph constants" if constants else
+                            f"variables (over {CONSTANTS_LIMIT // 2**20} MiB)"))
         expected = tf.nn.softmax(job.reference["logits"], axis=-1).numpy()
         outputs = loaded.signatures["serving_default"](images=tf.constant(job.batch))
         record.close("serving_default/probabilities", expected, outputs["probabilities"], TF_TOLERANCE)

@@ -124,3 +124,23 @@ def test_saved_model_cli_run(exported, tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         shown = run.stdout.split("Result for output key class_names:")[1]
         assert any(name in shown.split("Result for output key")[0] for name in ("tabby", "tiger cat")), shown
+
+
+def test_weights_are_constants_up_to_the_limit_and_variables_above(exported, tmp_path, monkeypatch):
+    """Lite0's 4.7M weights go into the graph as constants (no variables to read per call);
+    a model over serving.CONSTANTS_LIMIT (V2-XL, L2: protobuf's 2 GB) keeps them as variables,
+    with the same outputs."""
+    from export import serving
+
+    model, result, path, module = exported
+    assert len(module.variables) == 0 and "saved_model weights: graph constants" in result.notes
+    monkeypatch.setattr(serving, "CONSTANTS_LIMIT", 4 * model.count_params() - 1)
+    large = export_model(model, str(tmp_path / "as_variables"), format="saved_model")
+    assert any(n.startswith("saved_model weights: variables") for n in large.notes)
+    reloaded = tf.saved_model.load(str(tmp_path / "as_variables" / "1"), tags=["serve"])
+    assert len(reloaded.variables) == 2 * sum(
+        type(l).__name__ in ("Conv2D", "DepthwiseConv2D") for l in model.layers) + 2
+    x = tf.constant(np.random.default_rng(3).uniform(0, 1, (2, 224, 224, 3)).astype(np.float32))
+    np.testing.assert_allclose(reloaded.signatures["serving_default"](images=x)["probabilities"],
+                               module.signatures["serving_default"](images=x)["probabilities"],
+                               atol=1e-5)

@@ -45,6 +45,14 @@ def test_folded_graph_equals_keras_model(name):
     assert not any(k.endswith("/scale") for k in folded.folded_variables)
     convs = sum(isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) for l in model.layers)
     assert len(folded.folded_variables) == 2 * convs + 2  # kernel + bias per conv and the dense
+    # Weights as graph constants (what the serving export writes): no variables, nothing captured.
+    frozen = fast.FoldedModel(model, constants=True)
+    assert frozen.folded_variables == {} and not frozen.trainable_variables + frozen.variables
+    graph = frozen.serve.get_concrete_function()
+    assert graph.captured_inputs == []
+    assert sum(op.type == "Const" and op.outputs[0].shape.num_elements() >= 8  # kernels, biases
+               for op in graph.graph.get_operations()) >= 2 * convs
+    assert relative_error(want, frozen(x).numpy()) < 2e-5
 
 
 def test_folded_endpoints_micro_batches_and_saved_model(tmp_path):
