@@ -228,9 +228,8 @@ class _Plan:
             # channel); "same" zero padding stays zero padding since scale > 0. One add over
             # the input instead of a multiply and an add.
             self._input_scale[consumer.name] = scale
-            shift = tf.constant(offset / scale)
+            shift = offset / scale  # arrays: Const nodes of the traced graph, not captures
             return lambda x: x + shift
-        scale, offset = tf.constant(scale), tf.constant(offset)
         return lambda x: x * scale + offset
 
     def _conv_fn(self, layer):

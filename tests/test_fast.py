@@ -1,6 +1,7 @@
 """efficientnet_tf.fast: the BN-folded inference graph (what the serving export runs) and fused
 BatchNormalization (what train.main trains) compute what the Keras model computes."""
 
+import collections
 import json
 import os
 import subprocess
@@ -50,8 +51,10 @@ def test_folded_graph_equals_keras_model(name):
     assert frozen.folded_variables == {} and not frozen.trainable_variables + frozen.variables
     graph = frozen.serve.get_concrete_function()
     assert graph.captured_inputs == []
-    assert sum(op.type == "Const" and op.outputs[0].shape.num_elements() >= 8  # kernels, biases
-               for op in graph.graph.get_operations()) >= 2 * convs
+    have = collections.Counter(tuple(op.outputs[0].shape) for op in graph.graph.get_operations()
+                               if op.type == "Const")
+    need = collections.Counter(tuple(v.shape) for v in folded.folded_variables.values())
+    assert all(have[shape] >= n for shape, n in need.items()), need - have  # every kernel and bias
     assert relative_error(want, frozen(x).numpy()) < 2e-5
 
 
