@@ -25,6 +25,13 @@ from export.verify import Check, Verification
 INFO_FILENAME = "export_info.json"
 
 
+def main_signature(classifier: bool) -> str:
+    """The signature a hub module's default call maps to (TF1 ``default``, TF2
+    ``serving_default``, and so ``hub.KerasLayer`` without ``signature=``): the classifier's
+    where the module has one, else the feature vector."""
+    return "image_classification" if classifier else "image_feature_vector"
+
+
 class Exporter:
     """Base class of the formats (see the module docstring); subclasses set the attributes and
     implement export and verify."""

@@ -31,7 +31,7 @@ from absl import logging
 
 from efficientnet_tf.spec import STEM_BN
 from export import hub_protos, progress, trace
-from export.exporter import Exporter
+from export.exporter import Exporter, main_signature
 from export.job import ExportJob
 from export.verify import TF_TOLERANCE, Tolerance, Verification
 
@@ -100,7 +100,7 @@ def _build_graph(job: ExportJob, training: bool, names: Dict[int, str]):
         signatures = {"image_feature_vector": _signature(images, outputs, "pooled_features")}
         if "logits" in outputs:
             signatures["image_classification"] = _signature(images, outputs, "logits")
-        signatures["default"] = signatures["image_classification" if "logits" in outputs else "image_feature_vector"]
+        signatures["default"] = signatures[main_signature("logits" in outputs)]
     if training and not updates:
         raise ValueError("The training graph has no batch-norm update ops")
     return graph, variables, signatures

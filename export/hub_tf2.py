@@ -23,7 +23,7 @@ from typing import Dict, List
 import tensorflow as tf
 
 from export import progress, trace
-from export.exporter import Exporter
+from export.exporter import Exporter, main_signature
 from export.atomic import write_json
 from export.job import ExportJob
 from export.verify import TF_TOLERANCE, Verification
@@ -81,8 +81,7 @@ def _build_module(job: ExportJob, kind: str, info_path: str):
     if kind == "classification":
         signatures["image_classification"] = tf.function(classification, autograph=False).get_concrete_function(spec)
     signatures["image_feature_vector"] = tf.function(feature_vector, autograph=False).get_concrete_function(spec)
-    signatures["serving_default"] = signatures["image_classification" if kind == "classification"
-                                               else "image_feature_vector"]
+    signatures["serving_default"] = signatures[main_signature(kind == "classification")]
 
     size = job.image_size
     module.default_image_size = tf.function(lambda: tf.constant([size, size], tf.int32), autograph=False)

@@ -16,6 +16,8 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+from export.exporter import main_signature
+
 # ----------------------------------------------------------------------------- the hub's rules
 # validator.py: _PUBLISHER_ID_PATTERN, _MODEL_NAME_PATTERN, _MODEL_VERSION_PATTERN, MODEL_HANDLE_PATTERN.
 PUBLISHER_PATTERN = r"[a-z\d-]+"
@@ -191,8 +193,7 @@ def _snippet_setup(page: ModulePage) -> List[str]:
 
 
 def _main_signature(page: ModulePage) -> str:
-    """The signature a module's default call maps to, as the hub exporters name it."""
-    return "image_classification" if page.role == "classification" else "image_feature_vector"
+    return main_signature(page.role == "classification")
 
 
 def _usage_tf2(page: ModulePage) -> List[str]:
