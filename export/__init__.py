@@ -33,6 +33,7 @@ import os
 import time
 from typing import List, Optional, Sequence, Union
 
+import numpy as np
 from absl import logging
 
 from export.atomic import ExportWriteError, atomic_export_dir, check_target, write_json
@@ -82,6 +83,25 @@ def check_quantize(quantize: Optional[str], names: Sequence[str]) -> None:
                          f"not {', '.join(map(repr, names))}")
 
 
+# Trained EfficientNets give logits of order 10 on photographs; random weights without
+# calibrated batch-norm statistics reached ~2000 (V2-S), where float rounding alone moves
+# outputs past the tolerances.
+ILL_CONDITIONED_LOGITS = 100.0
+
+
+def _conditioning_hint(job: ExportJob) -> str:
+    logits = job.reference.get("logits")
+    if logits is None:
+        return ""
+    largest = float(np.abs(logits).max())
+    if largest <= ILL_CONDITIONED_LOGITS:
+        return ""
+    return (f". The model's logits reach {largest:.4g} on the verification batch (a trained "
+            f"EfficientNet's are of order 10): float rounding alone is amplified that far by "
+            f"weights like these (untrained, or batch-norm statistics never calibrated), so "
+            f"check the weights (--weights) before suspecting the exporter")
+
+
 def _export_one(job: ExportJob, name: str, staging: str, final: str) -> ExportResult:
     """Exports and verifies ``name`` into ``staging`` (an empty directory that becomes ``final``)."""
     from export.formats import FORMATS
@@ -95,7 +115,7 @@ def _export_one(job: ExportJob, name: str, staging: str, final: str) -> ExportRe
     try:
         record = exporter.verify(job, staging)
     except VerificationError as err:
-        raise VerificationError(f"format {name}: {err}", err.checks) from err
+        raise VerificationError(f"format {name}: {err}{_conditioning_hint(job)}", err.checks) from err
     gc.collect()  # drop the reloaded objects before the directory moves
     seconds = time.perf_counter() - started
     write_json(os.path.join(staging, INFO_FILENAME), dict(

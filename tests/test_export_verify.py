@@ -38,3 +38,19 @@ def test_equal_names_the_value():
     with pytest.raises(VerificationError, match=r"fmt/size is \[1, 2\], expected \[64, 64\]"):
         record.equal("fmt/size", [1, 2], [64, 64])
     assert "FAILED" in record.checks[-1].describe()
+
+
+def test_failed_verification_of_ill_conditioned_weights_says_so():
+    """Logits far beyond a trained net's (random, uncalibrated weights) amplify rounding past any
+    tolerance: the error says so and names the size; ordinary logits add nothing."""
+    import types
+
+    import export
+
+    def job(largest):
+        return types.SimpleNamespace(reference={"logits": np.array([[0.5, -largest]], np.float32)})
+
+    hint = export._conditioning_hint(job(2182.7))
+    assert "logits reach 2183" in hint and "--weights" in hint
+    assert export._conditioning_hint(job(12.0)) == ""
+    assert export._conditioning_hint(types.SimpleNamespace(reference={"pooled_features": 0})) == ""
