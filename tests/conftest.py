@@ -7,7 +7,32 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import logging as std_logging  # noqa: E402
+import warnings  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restored_console_and_logging():
+    """console.setup() (the CLIs' main(), called in-process by some tests) changes process-wide
+    state: the console verbosity, absl's and TensorFlow's log levels and the log format. Each
+    test gets it back as it found it, so no test sees what an earlier one in its process set."""
+    from absl import logging
+
+    from efficientnet_tf import console
+
+    verbosity, tf_level = logging.get_verbosity(), std_logging.getLogger("tensorflow").level
+    handler = logging.get_absl_handler()
+    formatter = handler.python_handler.formatter
+    state = dict(console._state)
+    with warnings.catch_warnings():
+        yield
+    logging.set_verbosity(verbosity)
+    std_logging.getLogger("tensorflow").setLevel(tf_level)
+    handler.setFormatter(formatter)
+    console._state.clear()
+    console._state.update(state)
 
 
 @pytest.fixture(scope="session")

@@ -101,24 +101,7 @@ def test_steps_show_only_on_a_quiet_job_console(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.fixture
-def restored_logging():
-    """setup() changes process-wide logging; put it back."""
-    from absl import logging
-
-    verbosity, tf_level = logging.get_verbosity(), std_logging.getLogger("tensorflow").level
-    handler = logging.get_absl_handler()
-    formatter = handler.python_handler.formatter
-    state = dict(console._state)
-    with warnings.catch_warnings():
-        yield
-    logging.set_verbosity(verbosity)
-    std_logging.getLogger("tensorflow").setLevel(tf_level)
-    handler.setFormatter(formatter)
-    console._state.update(state)
-
-
-def test_quiet_setup_hides_library_warnings_and_keeps_ours(restored_logging):
+def test_quiet_setup_hides_library_warnings_and_keeps_ours():
     from absl import logging
 
     assert console.setup(None) == console.QUIET
@@ -132,7 +115,7 @@ def test_quiet_setup_hides_library_warnings_and_keeps_ours(restored_logging):
     assert console._PlainFormatter().format(record) == "warning: sync_bn off with 2 replicas"
 
 
-def test_verbose_setup_brings_details_back(restored_logging):
+def test_verbose_setup_brings_details_back():
     from absl import logging
 
     assert console.setup(0) == 0 and console.verbose() and not console.shows_progress()
