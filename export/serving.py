@@ -8,9 +8,10 @@ Signatures:
 The graph is the BN-folded inference graph of ``efficientnet_tf.fast.FoldedModel`` (faster; it
 holds the folded kernels and biases, not the Keras model's weights). Up to ``CONSTANTS_LIMIT``
 bytes of weights (every variant but V2-XL and L2) they are constants of the graph, so the
-SavedModel has no variables: under oneDNN that made B0 3.4x faster at batch 1 (README,
-Benchmarks); larger models keep them as variables (a graph is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes], and for the top-k (k = min(5, classes))
-``classes`` (int32), ``scores`` and ``class_names``. Bytes that are not an image fail the
+SavedModel has no variables: under oneDNN that cut B0's CPU time per image at batch 1 on one
+thread from 128 to 38 ms (README, Benchmarks); larger models keep them as variables (a graph
+is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes], and for the
+top-k (k = min(5, classes)) ``classes`` (int32), ``scores`` and ``class_names``. Bytes that are not an image fail the
 request with InvalidArgument naming the position in the batch; the model keeps serving.
 """
 
