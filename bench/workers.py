@@ -54,12 +54,18 @@ def _relative(got, want):
 # ------------------------------------------------------------------------------ TensorFlow
 
 
-def trained_like(model, size):
-    """Seeded random weights whose outputs are of order one, like a trained net's (BN statistics
-    calibrated on a batch), so that the numerical checks compare probabilities that are neither
-    ~1/classes nor one-hot. A fresh init, uncalibrated, sent V2-S's logits to ~2000 for some
-    seeds, where float rounding alone moves the probabilities by up to 1. Speed is unaffected."""
+def our_model(variant, size):
+    """Our model with seeded random weights whose outputs are of order one, like a trained
+    net's (BN statistics calibrated on a batch), so that the numerical checks compare
+    probabilities that are neither ~1/classes nor one-hot. A fresh init, uncalibrated, sent
+    V2-S's logits to ~2000 for some seeds, where float rounding alone moves the probabilities
+    by up to 1. Speed is unaffected."""
+    import keras
+
+    import efficientnet_tf
     from efficientnet_tf.testing import randomize_like_trained
+    keras.utils.set_random_seed(0)
+    model = efficientnet_tf.build_model(variant, input_shape=(size, size, 3))
     calibration = np.random.default_rng(1).uniform(size=(4, size, size, 3)).astype(np.float32)
     return randomize_like_trained(model, calibration)
 
@@ -85,11 +91,9 @@ def graph_function(model):
 def tf_candidates(spec):
     """Our Keras model, its exports (written here for the other workers too) and
     keras.applications; the Keras model's probe outputs saved for the other workers' checks."""
-    import keras
     import tensorflow as tf
     from absl import logging
 
-    import efficientnet_tf
     from bench import common
     from efficientnet_tf.fast import FoldedModel, with_fused_batchnorm
     from export import export_model
@@ -102,8 +106,7 @@ def tf_candidates(spec):
     for set_name in spec["sets"]:
         variant, size, _ = SETS[set_name]
         work = os.path.join(spec["workdir"], set_name)
-        keras.utils.set_random_seed(0)
-        ours = trained_like(efficientnet_tf.build_model(variant, input_shape=(size, size, 3)), size)
+        ours = our_model(variant, size)
         ka, ours_fn = keras_applications_model(variant, size), graph_function(ours)
         ka_fn = graph_function(ka)
         cands[(set_name, KA)] = lambda x, f=ka_fn: f(tf.constant(x)).numpy()
@@ -128,14 +131,10 @@ def tf_candidates(spec):
 
 def tf_export_main(spec):
     """Only our SavedModel export of each set (for bench.profile)."""
-    import keras
-
-    import efficientnet_tf
     from export import export_model
     for set_name in spec["sets"]:
         variant, size, _ = SETS[set_name]
-        keras.utils.set_random_seed(0)
-        ours = trained_like(efficientnet_tf.build_model(variant, input_shape=(size, size, 3)), size)
+        ours = our_model(variant, size)
         export_model(ours, os.path.join(spec["workdir"], set_name, "saved_model"),
                      format="saved_model", image_size=size)
 

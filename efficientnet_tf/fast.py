@@ -179,7 +179,8 @@ class _Plan:
             return found[0]
         return None
 
-    def _variable(self, layer_name, what, value):
+    def _weight(self, layer_name, what, value):
+        """A folded weight: a variable of the module, or with constants=True the array itself."""
         if self._constants:  # an array: each trace converts it into a Const node of its graph
             return np.asarray(value, np.float32)
         var = tf.Variable(np.asarray(value, np.float32), trainable=False,
@@ -194,8 +195,8 @@ class _Plan:
             return self._conv_fn(layer)
         if isinstance(layer, keras.layers.BatchNormalization):  # not after a bias-free conv
             scale, shift = _bn_affine(layer)
-            scale = self._variable(layer.name, "scale", scale)
-            shift = self._variable(layer.name, "shift", shift)
+            scale = self._weight(layer.name, "scale", scale)
+            shift = self._weight(layer.name, "shift", shift)
             return lambda x: x * scale + shift
         if isinstance(layer, keras.layers.Activation):
             return _activation_fn(layer.activation)
@@ -212,8 +213,8 @@ class _Plan:
         if isinstance(layer, keras.layers.Dropout):
             return lambda x: x
         if isinstance(layer, keras.layers.Dense):
-            kernel = self._variable(layer.name, "kernel", layer.kernel.numpy())
-            bias = (self._variable(layer.name, "bias", layer.bias.numpy()) if layer.use_bias
+            kernel = self._weight(layer.name, "kernel", layer.kernel.numpy())
+            bias = (self._weight(layer.name, "bias", layer.bias.numpy()) if layer.use_bias
                     else np.zeros([kernel.shape[-1]], np.float32))
             act = _activation_fn(layer.activation)
             return lambda x: act(tf.nn.bias_add(tf.matmul(x, kernel), bias))
@@ -254,8 +255,8 @@ class _Plan:
                 activation = _activation_fn(act_layer.activation)
                 self._skip.add(act_layer.name)
                 self._alias[id(act_layer.output)] = id(layer.output)
-        kernel = self._variable(layer.name, "kernel", kernel)
-        bias = self._variable(layer.name, "bias", bias)
+        kernel = self._weight(layer.name, "kernel", kernel)
+        bias = self._weight(layer.name, "bias", bias)
         strides, padding = [1, *layer.strides, 1], layer.padding.upper()
         dilations = list(layer.dilation_rate)
         if depthwise:

@@ -11,8 +11,9 @@ bytes of weights (every variant but V2-XL and L2) they are constants of the grap
 SavedModel has no variables: under oneDNN that cut B0's CPU time per image at batch 1 on one
 thread from 128 to 38 ms (README, Benchmarks); larger models keep them as variables (a graph
 is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes], and for the
-top-k (k = min(5, classes)) ``classes`` (int32), ``scores`` and ``class_names``. Bytes that are not an image fail the
-request with InvalidArgument naming the position in the batch; the model keeps serving.
+top-k (k = min(5, classes)) ``classes`` (int32), ``scores`` and ``class_names``. Bytes that
+are not an image fail the request with InvalidArgument naming the position in the batch; the
+model keeps serving.
 """
 
 from __future__ import annotations

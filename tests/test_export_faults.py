@@ -109,8 +109,9 @@ def test_disk_full_in_python_writes_leaves_nothing(tmp_path):
 
 def test_disk_full_in_a_later_format_keeps_the_previous_export(tmp_path):
     # The first format (int8 TF-Lite, ~1 MiB) fits, TensorFlow's C++ writer of the second one's
-    # saved_model.pb (~14 MiB: its weights are graph constants) hits the limit: the whole multi-format export fails, the previous export
-    # at DIR (replaced only with --overwrite, and only after success) is untouched.
+    # saved_model.pb (~14 MiB: its weights are graph constants) hits the limit: the whole
+    # multi-format export fails, the previous export at DIR (replaced only with --overwrite, and
+    # only after success) is untouched.
     target = tmp_path / "lite0"
     (target / "1").mkdir(parents=True)
     (target / "1" / "saved_model.pb").write_bytes(b"previous export")
