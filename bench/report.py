@@ -1,6 +1,7 @@
 """The README's speed section, from the JSON the benchmarks wrote (bench/results/).
 
-    python -m bench.report        # after bench.inference, bench.train and bench.input
+    python -m bench.report        # after bench.inference, bench.train and bench.input (and
+                                  # bench.stages, whose tables it adds when present)
 """
 
 from __future__ import annotations
@@ -52,9 +53,25 @@ def _inference_lines(inf) -> list:
     return lines
 
 
+def _stages_lines() -> list:
+    """bench.stages' tables, for the sets that have been run."""
+    from bench.stages import stages_table
+    from bench.workers import SETS
+
+    lines = []
+    for set_name in SETS:
+        if not os.path.exists(os.path.join(common.RESULTS_DIR, f"stages_{set_name}.json")):
+            continue
+        result = _load(f"stages_{set_name}")
+        lines += ["", f"**Batch 1 stage by stage** (`{result['command']}`; "
+                  f"{common.machine_line(result)}, load average "
+                  f"{result['load_average_start'][0]:.1f})", "", stages_table(result)]
+    return lines
+
+
 def section() -> str:
     inf, train, inp = _load("inference"), _load("train"), _load("input")
-    lines = _inference_lines(inf)
+    lines = _inference_lines(inf) + _stages_lines()
     lines += ["", "**Training step** (`python -m bench.train`, batch "
               f"{train['settings']['batch']}, {train['settings']['optimizer']}, "
               f"{train['settings']['loss']}; {common.machine_line(train)}, load average "

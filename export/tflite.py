@@ -116,25 +116,30 @@ def calibration_batch(job: ExportJob, images: Optional[Sequence] = None,
     return np.stack(batch).astype(np.float32)
 
 
-def convert(job: ExportJob, quantize: Optional[str] = None,
-            calibration_images: Optional[Sequence] = None) -> bytes:
+def converter_for(fn, size: int) -> "tf.lite.TFLiteConverter":
+    """A TF-Lite converter for ``fn(images)`` on one [1, size, size, 3] float32 image: traced
+    with the plain (TF-Lite-friendly) swish and frozen, so that the weights are constants."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    with trace.plain_swish():
+        traced = tf.function(fn, autograph=False).get_concrete_function(
+            tf.TensorSpec([1, size, size, 3], tf.float32, name="images"))
+    frozen = convert_variables_to_constants_v2(traced)
+    # An empty trackable selects the current converter path; the frozen graph holds the weights.
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.__internal__.tracking.AutoTrackable())
+
+
+def convert(job: ExportJob, quantize: Optional[str] = None,
+            calibration_images: Optional[Sequence] = None) -> bytes:
     endpoints = job.endpoints
     classifier = bool(job.num_classes)
-    size = job.image_size
 
     def predict(images):
         outputs = endpoints(images, training=False)
         return tf.nn.softmax(outputs["logits"], axis=-1) if classifier else outputs["pooled_features"]
 
     with progress.step("tflite: tracing and freezing the network"):
-        with trace.plain_swish():
-            traced = tf.function(predict, autograph=False).get_concrete_function(
-                tf.TensorSpec([1, size, size, 3], tf.float32, name="images"))
-        frozen = convert_variables_to_constants_v2(traced)
-    # An empty trackable selects the current converter path; the frozen graph holds the weights.
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.__internal__.tracking.AutoTrackable())
+        converter = converter_for(predict, job.image_size)
     if quantize == "int8":
         samples = calibration_batch(job, calibration_images)
         logging.info("tflite: calibrating int8 on %d images", len(samples))
