@@ -176,6 +176,16 @@ def _jsonable(value):
     raise TypeError(f"not JSON serializable: {type(value)}")
 
 
+def run_child(module: str, which: str, **kwargs):
+    """Runs ``python -m MODULE --child WHICH KWARGS_JSON`` (a benchmark's own process for one
+    runtime) and returns the JSON its last stdout line holds; its stderr tail on failure."""
+    out = subprocess.run([sys.executable, "-m", module, "--child", which, json.dumps(kwargs)],
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    if out.returncode:
+        raise RuntimeError(f"{module} child {which!r} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # ------------------------------------------------------------------------------ timing
 
 

@@ -104,12 +104,7 @@ def _child(which, args_json):
 
 
 def _run_child(which, **kwargs):
-    out = subprocess.run([sys.executable, "-m", "bench.profile", "--child", which,
-                          json.dumps(kwargs)], capture_output=True, text=True,
-                         cwd=common.REPO_ROOT)
-    if out.returncode:
-        raise RuntimeError(f"profile child {which} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.run_child("bench.profile", which, **kwargs)
 
 
 def table(result):

@@ -247,12 +247,7 @@ def _child(which, args_json):
 
 
 def _run_child(which, **kwargs):
-    out = subprocess.run([sys.executable, "-m", "bench.stages", "--child", which,
-                          json.dumps(kwargs)], capture_output=True, text=True,
-                         cwd=common.REPO_ROOT)
-    if out.returncode:
-        raise RuntimeError(f"bench.stages child {which!r} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.run_child("bench.stages", which, **kwargs)
 
 
 # ------------------------------------------------------------------------------ results
