@@ -176,6 +176,14 @@ def _jsonable(value):
     raise TypeError(f"not JSON serializable: {type(value)}")
 
 
+def worker_step(step: str, sets, workdir: str) -> None:
+    """Runs one of bench.workers' one-shot steps (``tf_export``, ``openvino_export``,
+    ``torch_onnx``) for the model sets, writing into WORKDIR/SET/ (which must exist)."""
+    subprocess.run([sys.executable, "-m", "bench.workers", step,
+                    json.dumps({"sets": list(sets), "workdir": workdir})],
+                   check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+
+
 def run_child(module: str, which: str, **kwargs):
     """Runs ``python -m MODULE --child WHICH KWARGS_JSON`` (a benchmark's own process for one
     runtime) and returns the JSON its last stdout line holds; its stderr tail on failure."""

@@ -16,7 +16,6 @@ import argparse
 import collections
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -133,11 +132,9 @@ def main(argv=None):
     result = common.header("profile", sys.argv[1:] if argv is None else argv)
     result["settings"] = vars(args)
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as workdir:
-        spec = json.dumps({"sets": [args.set], "workdir": workdir})
         os.makedirs(os.path.join(workdir, args.set))
         for step in ("tf_export", "openvino_export"):  # the exports bench.inference times
-            subprocess.run([sys.executable, "-m", "bench.workers", step, spec], check=True,
-                           cwd=common.REPO_ROOT, stdout=subprocess.DEVNULL)
+            common.worker_step(step, [args.set], workdir)
         common_args = dict(batch=args.batch, size=SETS[args.set][1], threads=args.threads,
                            runs=args.runs)
         work = os.path.join(workdir, args.set)

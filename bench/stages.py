@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from unittest import mock
@@ -345,9 +344,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-stages-") as workdir:
         work = os.path.join(workdir, args.set)
         os.makedirs(work)
-        subprocess.run([sys.executable, "-m", "bench.workers", "torch_onnx",
-                        json.dumps({"sets": [args.set], "workdir": workdir})], check=True,
-                       cwd=common.REPO_ROOT, stdout=subprocess.DEVNULL)
+        common.worker_step("torch_onnx", [args.set], workdir)
         onnx_path = os.path.join(work, "timm.onnx")
         print(f"[stages] cutting our model and timm's ONNX ({args.set})", flush=True)
         ours = _run_child("cut_ours", set=args.set, workdir=work)

@@ -59,9 +59,10 @@ def test_mirrored_over_two_cpus_equals_one_device(photo_tiles, tmp_path):
     # On one device too, synchronized BN: Keras computes its variance as E[x^2] - E[x]^2,
     # which alone moves this first update by ~6% from tf.nn.moments' two-pass variance.
     common = [f"--dataset={photo_tiles}", "--train_steps=1", *COMPARABLE]
-    # TF's own kernels: on an Intel Xeon (family 6 model 167) oneDNN's training step at batch 4
-    # differs from its batch-8 step by 8.6% (single device, measured), so 2 x 4 against 1 x 8
-    # would compare oneDNN's batch sizes, not the strategies (0.053 there; 0.004 without oneDNN).
+    # TF's own kernels: on an Intel Xeon (family 6 model 167), one device, oneDNN's update at
+    # batch 4 differs from TF's own kernels' by 8.6% while at batch 8 they agree to 0.0005
+    # (measured), so 2 x 4 against 1 x 8 under oneDNN compared batch sizes, not strategies
+    # (0.053 there; 0.004 with TF's own kernels).
     kernels = {"TF_ENABLE_ONEDNN_OPTS": "0"}
     single = check_ok(run_main(f"--model_dir={one}", *common, "--config=model.sync_bn=true",
                                **kernels))
