@@ -6,7 +6,8 @@ _console.hold_import_banner()  # first: a command-line job imports TensorFlow wi
 
 from efficientnet_tf.applications import CONSTRUCTORS
 from efficientnet_tf.builder import build_model, endpoints_model
-from efficientnet_tf.config import get_variant, list_models, model_info
+from efficientnet_tf.config import get_variant, list_models
+from efficientnet_tf.info import model_info
 from efficientnet_tf.layers import Preprocessing
 from efficientnet_tf.predict import inference_model, init_model
 from efficientnet_tf.weights import LoadReport, load_weights

@@ -24,7 +24,7 @@ def _make(variant_name: str):
                            classes=classes, classifier_activation=classifier_activation,
                            include_preprocessing=include_preprocessing, model_name=name, **overrides)
 
-    info = cfg.model_info(variant_name)
+    info = cfg.variant_info(cfg.get_variant(variant_name))
     constructor.__name__ = constructor.__qualname__ = constructor_name(variant_name)
     constructor.__doc__ = (
         f"Builds {variant_name} ({info['resolution']}x{info['resolution']} default resolution, "

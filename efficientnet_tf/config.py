@@ -318,21 +318,9 @@ def get_variant(name: str) -> Variant:
         raise ValueError(f"Unknown model name {name!r}. Valid names: {', '.join(_VARIANTS)}") from None
 
 
-def model_info(name: str, weights: Optional[str] = None) -> Dict[str, object]:
-    """The facts a user needs to feed a variant: sizes, preprocessing and feature width; with
-    ``weights`` (a published tag or its URL) those of that weight set, recorded under "weights"."""
-    v = get_variant(name)
-    record = None
-    if weights is not None:
-        from efficientnet_tf.weights.pretrained import build_facts
-
-        weight_set = build_facts(name, weights)
-        if weight_set is None:
-            raise ValueError(f"weights={weights!r} is not a published weight set of {name!r}")
-        record = weight_set.record()
-        v = dataclasses.replace(v, resolution=record["resolution"], mean_rgb=tuple(record["mean_rgb"]),
-                                stddev_rgb=tuple(record["stddev_rgb"]))
-    info = {
+def variant_info(v: Variant) -> Dict[str, object]:
+    """The table's facts of one variant as plain values (what ``model_info`` reports)."""
+    return {
         "name": v.name,
         "family": v.family,
         "resolution": v.resolution,
@@ -352,6 +340,3 @@ def model_info(name: str, weights: Optional[str] = None) -> Dict[str, object]:
         "bn_epsilon": v.bn_epsilon,
         "blocks": [encode_block(b) for b in v.blocks],
     }
-    if record is not None:
-        info["weights"] = record
-    return info

@@ -86,8 +86,8 @@ class ModelSpec:
     weights: Optional[Mapping[str, object]] = None  # the loaded weight set (tag, url, sha256, ...)
 
     def info(self):
-        """The variant's table facts (:func:`efficientnet_tf.config.model_info`)."""
-        return cfg.model_info(self.variant)
+        """The variant's table facts (:func:`efficientnet_tf.config.variant_info`)."""
+        return cfg.variant_info(cfg.get_variant(self.variant))
 
     def to_dict(self) -> Dict[str, object]:
         out = dataclasses.asdict(self)

@@ -1,6 +1,6 @@
-"""Exporters: an efficientnet_tf Keras model -> TF-Hub modules (TF2 and TF1 formats), a TF Serving
-SavedModel, or TF-Lite. Every export is reloaded and compared with the Keras model before it is
-moved into place.
+"""Exporters: an efficientnet_tf Keras model -> every format in ``export.formats.FORMATS``
+(``python -m export.main --helpfull`` lists them with their layouts). Every export is reloaded
+and compared with the Keras model before it is moved into place.
 
     from export import export_model, export_formats
     result = export_model(model, "/tmp/b0_hub", format="hub")      # DIR holds the format

@@ -1,7 +1,7 @@
-r"""Exports an EfficientNet as TF-Hub modules, a TF Serving SavedModel or TF-Lite, verified.
+r"""Exports an EfficientNet in the formats of ``export.formats.FORMATS``, verified.
 
     python -m export.main --model_name=efficientnet-b2 --weights=SOURCE --export_dir=DIR \
-        [--format=hub|hub_tf1|saved_model|tflite|LIST|all] [--quantize=int8] [--num_classes=1000] \
+        [--format=FORMAT|LIST|all] [--quantize=MODE] [--num_classes=1000] \
         [--image_size=N] [--labels=FILE] [--calibration_images=GLOB] [--overwrite]
 
 SOURCE is anything ``efficientnet_tf.load_weights`` accepts: a published weight set by tag
