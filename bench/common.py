@@ -158,13 +158,24 @@ def finish(name: str, result: Dict[str, object], table, path: str | None = None)
     return result
 
 
+def repo_relative(path: str) -> str:
+    """PATH relative to the repository when it lies inside it (results files name no machine's
+    paths), else unchanged."""
+    full = os.path.abspath(path)
+    inside = os.path.commonpath([full, REPO_ROOT]) == REPO_ROOT
+    return os.path.relpath(full, REPO_ROOT) if inside else path
+
+
 def write_json(name: str, payload: Dict[str, object], path: str | None = None) -> str:
+    """Writes a benchmark's results atomically (temporary file, then rename); returns the path."""
     payload = dict(payload, load_average_end=[round(x, 2) for x in os.getloadavg()])
     path = path or os.path.join(RESULTS_DIR, f"{name}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=False, default=_jsonable)
         f.write("\n")
+    os.replace(partial, path)
     return path
 
 

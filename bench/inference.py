@@ -7,7 +7,7 @@ OpenVINO on timm's ONNX export, OpenVINO reading our SavedModel), one worker pro
     python -m bench.inference                 # B0 at 224 and V2-S at 384, batch 1 and 32
 
 Prints markdown tables and writes bench/results/inference.json (bench.report turns it into the
-README section).
+docs/performance-results.md).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def main(argv=None):
                         help="TF_ENABLE_ONEDNN_OPTS of the TF worker (default: TF's choice, on "
                         "only for CPUs with AVX512_VNNI/BF16/AMX). 'on' fuses swish into the "
                         "convolutions (bench.profile) and was faster at batch 32 but much slower "
-                        "at batch 1 on an AVX2-only EPYC (README)")
+                        "at batch 1 on an AVX2-only EPYC (docs/performance.md)")
     parser.add_argument("--output", default=None, help="JSON path (default bench/results/)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -294,7 +294,7 @@ def goals_table(result):
             rows.append([key, g["goal"], f"{g['ratio']:.2f}x", g["target"],
                          "-".join(f"{x:.2f}" for x in (g["round_spread"][0], g["round_spread"][2])),
                          "met" if g["met_beyond_noise"] else "not met", f"{g['ours']} / {g['other']}"])
-    return common.markdown_table(["table", "goal (issue 13)", "measured", "target",
+    return common.markdown_table(["table", "goal", "measured", "target",
                                   "per-round range", "beyond noise", "rows"], rows)
 
 

@@ -26,7 +26,9 @@ common.setup_environment()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.train import OURS  # noqa: E402
 from export import photos  # noqa: E402
+from train import input_pipeline  # noqa: E402
 
 LONGER_SIDE = 500  # ImageNet train images are mostly 500x375 / 375x500
 JPEG_QUALITY = 90
@@ -56,7 +58,6 @@ def write_jpegs(root: str, copies: int = 4) -> list[str]:
 
 
 def training_dataset(root, args, check_corrupt=True):
-    from train import input_pipeline
     return input_pipeline.build_dataset(input_pipeline.PipelineSpec(
         root, None, is_training=True, image_size=args.size, batch_size=args.batch,
         resize_method="bicubic", crop_rule="v1", augment_name="randaugment",
@@ -104,7 +105,6 @@ def train_rate(model):
         return None
     if data.get("settings", {}).get("model") != model:
         return None
-    from bench.train import OURS  # pylint: disable=g-import-not-at-top
 
     return data["results"][OURS]["images_per_sec"]  # what train.main trains
 

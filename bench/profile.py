@@ -130,7 +130,7 @@ def main(argv=None):
     parser.add_argument("--output", default=os.path.join(common.RESULTS_DIR, "profile.json"))
     args = parser.parse_args(argv)
     result = common.header("profile", sys.argv[1:] if argv is None else argv)
-    result["settings"] = vars(args)
+    result["settings"] = dict(vars(args), output=common.repo_relative(args.output))
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as workdir:
         os.makedirs(os.path.join(workdir, args.set))
         for step in ("tf_export", "openvino_export"):  # the exports bench.inference times

@@ -15,7 +15,7 @@ MUL left out, a diagnostic with wrong outputs whose time difference is what that
     python -m bench.stages --set=v2s       # V2-S at 384 (~5 min)
 
 One process per runtime and round (bench.workers' rule), rounds alternating. Prints the table and
-writes bench/results/stages_SET.json (or --output); bench.report adds it to the README's section.
+writes bench/results/stages_SET.json (or --output); bench.report adds it to docs/performance-results.md.
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def table(result):
 
 
 def stages_table(result):
-    """The stage table and ORT's op types (bench.report puts them in the README)."""
+    """The stage table and ORT's op types (bench.report puts them in docs/performance-results.md)."""
     s = result["summary"]
     rows = [[r["stage"], "x".join(map(str, r["output_shape"])), r["mmacs"], r["tflite_ms"],
              r["onnxruntime_ms"], r["tflite_over_ort"],

@@ -13,12 +13,15 @@ import os
 import sys
 import time
 
+import numpy as np
+
+import efficientnet_tf
+from efficientnet_tf import console
+from efficientnet_tf.predict import format_top_k, init_model, predict_top_k
+from efficientnet_tf.weights import download, pretrained, published
+
 
 def _info(args) -> int:
-    import numpy as np
-
-    import efficientnet_tf
-
     info = efficientnet_tf.model_info(args.model_name)
     size = args.image_size or info["resolution"]
     print(f"== {args.model_name}")
@@ -41,7 +44,6 @@ def _info(args) -> int:
 
 def _predict(args) -> int:
     """Top-k for each image; a bad image is reported and the others still classified."""
-    from efficientnet_tf.predict import format_top_k, init_model, predict_top_k
 
     model = init_model(args.model_name, weights=None if args.weights.lower() == "none" else args.weights)
     failed = 0
@@ -58,8 +60,6 @@ def _predict(args) -> int:
 
 
 def _weights(args) -> int:
-    from efficientnet_tf.weights import download, pretrained, published
-
     if args.action == "list":
         names = [args.model_name] if args.model_name else None
         rows = [("variant", "tag", "source", "cached")]
@@ -81,7 +81,6 @@ def _weights(args) -> int:
               f"{os.environ.get(download.MIRROR_ENV) or 'none'} (${download.MIRROR_ENV})")
         return 0
     if args.action == "download":
-        import efficientnet_tf
 
         if not args.model_name or not args.tag:
             raise ValueError("weights download needs --model_name and --tag (see: weights list)")
@@ -134,11 +133,9 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     if args.command == "list":
-        import efficientnet_tf
 
         print("\n".join(efficientnet_tf.list_models()))
         return 0
-    from efficientnet_tf import console
 
     console.setup(args.verbosity)
     if args.command == "predict":

@@ -11,6 +11,8 @@ from keras import layers
 from efficientnet_tf import config as cfg
 from efficientnet_tf import spec as spec_lib
 from efficientnet_tf.layers import Preprocessing
+from efficientnet_tf.weights import load_weights
+from efficientnet_tf.weights.pretrained import build_facts
 
 # Official initializers (tensorflow/tpu efficientnet_model.py): conv kernels N(0, sqrt(2/fan_out))
 # (not truncated), dense U(-1/sqrt(fan_out), 1/sqrt(fan_out)).
@@ -163,7 +165,6 @@ def build_model(name: str, include_top: bool = True, weights=None, input_tensor=
     act = variant.activation
     # A published weight set (a tag such as "advprop", or its URL) decides the input
     # normalization and, for the default classes, the classifier width (21k: 21,843).
-    from efficientnet_tf.weights.pretrained import build_facts
     weight_set = build_facts(variant.name, weights)
     mean_rgb, stddev_rgb = weight_set.mean_std() if weight_set else (variant.mean_rgb, variant.stddev_rgb)
     if weight_set is not None and include_top and classes == 1000:
@@ -227,7 +228,6 @@ def build_model(name: str, include_top: bool = True, weights=None, input_tensor=
     model = spec_lib.EfficientNet(images if source_inputs is None else source_inputs, x,
                                   name=model_name or variant.name, spec=spec)
     if weights is not None:
-        from efficientnet_tf.weights import load_weights
         load_weights(model, weights)
     return model
 

@@ -13,10 +13,11 @@ import argparse
 import os
 import sys
 
+import efficientnet_tf
+
 
 def convert(source, model_name: str, out: str, include_top: bool = True, strict: bool = True):
     """Loads ``source`` into a fresh ``model_name`` and writes ``out``; returns the load report."""
-    import efficientnet_tf
 
     if not out.endswith(".weights.h5"):
         raise ValueError(f"--out={out!r} must end with .weights.h5 (the Keras 3 weights format)")

@@ -1,21 +1,13 @@
-"""Fast execution of a built model, with the same weights and (up to float rounding) the same
-numbers: a BN-folded inference graph and fused BatchNormalization for training.
+"""Faster execution of a built model with the same weights and, up to float rounding, the same
+numbers (measured effect: docs/performance.md).
 
-Why (profiled on a 2-core AMD EPYC, B0 at 224; README "Benchmarks", bench/): Keras 3's
-BatchNormalization has no fused path. In inference it is a separate Mul and AddV2 over every
-activation; in training tf.nn.moments, a Mul and an AddV2 forward and about as many ops in the
-backward pass. With the swish and the squeeze-excite multiply these memory-bound passes are ~40%
-of the inference op time and ~60% of a train step's.
-
-- :class:`FoldedModel` (inference): BatchNormalization folded into the preceding convolution's
-  kernel and bias, input normalization folded into the stem convolution. Grappler then fuses
-  conv + bias + swish into one oneDNN kernel. ~1.5x fewer CPU-seconds per image at batch 1
-  and 32. A plain ``tf.Module`` (variables + one ``tf.function``): the export/ SavedModel for
-  TF Serving is built from it, and ``tf.saved_model.save`` / the TF-Lite converter take it.
-- :func:`with_fused_batchnorm` (training): a clone of the model whose BatchNormalization layers
-  run TF's fused kernel (FusedBatchNormV3 and its gradient): one op forward, one backward,
-  Keras' moving-average semantics. Same layer names, variable paths and weights, so
-  checkpoints and ``load_weights`` interchange with the plain model. train.main trains it.
+- :class:`FoldedModel` (inference): batch norm folded into the preceding convolution's kernel
+  and bias, input normalization into the stem convolution; a ``tf.Module`` whose ``serve``
+  function ``tf.saved_model.save`` and the TF-Lite converter take (the ``saved_model`` export
+  is built from it).
+- :func:`with_fused_batchnorm` (training): a clone whose batch norm runs TF's fused kernel,
+  with the same layer names, variable paths and weights, so checkpoints and ``load_weights``
+  interchange with the plain model. train.main trains it.
 """
 
 from __future__ import annotations
@@ -51,12 +43,6 @@ def _identity(x):
 _ACTIVATIONS = {"swish": _swish, "silu": _swish, "relu": tf.nn.relu, "relu6": tf.nn.relu6,
                 "sigmoid": tf.math.sigmoid, "softmax": tf.nn.softmax, "linear": _identity}
 
-# Splitting large batches into cache-sized micro-batches did not lower the CPU time per image
-# on the benchmark machine (32 MB L3; bench.inference --sweep, "micro_batch_sweep"), so the
-# default is not to split; the option stays for CPUs with small caches.
-DEFAULT_MICRO_BATCH = None
-
-
 def _activation_fn(activation):
     name = getattr(activation, "__name__", str(activation))
     if name not in _ACTIVATIONS:
@@ -81,59 +67,42 @@ def _consumers(model):
 
 
 class FoldedModel(tf.Module):
-    """Inference-only twin of an efficientnet_tf model (any family, any head).
+    """Inference-only twin of an efficientnet_tf model (any family, any head, any endpoints).
 
-    ``micro_batch``: batches larger than this run as a tf.while_loop over slices of this size
-    (None: never split). ``constants``: the folded weights become constants of the traced
-    graph instead of variables of this module (``folded_variables`` is then empty): oneDNN's
-    fused convolution re-lays-out a filter it cannot prove constant on every call, which at
-    batch 1 took 128 CPU-ms per image for B0 against 38 with constants (README, Benchmarks).
-    A graph with constants is a protobuf, limited to 2 GB. ``serve`` is the ``tf.function``
-    to save or convert (signature: float32 images, the model's input shape with a free batch
-    dimension); calling the module calls it.
+    Args:
+        model: a single-input efficientnet_tf model (or its ``endpoints_model``).
+        name: the module's name (default: the model's, with ``_folded``).
+        constants: the folded weights become constants of the traced graph instead of
+            variables of this module (``folded_variables`` is then empty); such a graph is a
+            protobuf, so its weights must stay under 2 GB.
+
+    ``serve`` is the ``tf.function`` to save or convert (float32 images of the model's input
+    shape with a free batch dimension; the model's outputs); calling the module calls it.
+
+    Raises:
+        ValueError: a model with several inputs, or a layer or activation it cannot fold.
     """
 
-    def __init__(self, model: keras.Model, micro_batch: int | None = DEFAULT_MICRO_BATCH,
-                 name=None, constants: bool = False):
+    # Why constants: oneDNN's fused convolution re-lays-out a filter it cannot prove constant
+    # on every call (docs/performance.md).
+    def __init__(self, model: keras.Model, name=None, constants: bool = False):
         super().__init__(name=name or f"{model.name.replace('-', '_')}_folded")
         if len(model.inputs) != 1:
             raise ValueError(f"FoldedModel needs a single-input model, {model.name} has "
                              f"{len(model.inputs)}")
-        if micro_batch is not None and (isinstance(micro_batch, bool) or micro_batch < 1):
-            raise ValueError(f"micro_batch must be a positive int or None, got {micro_batch!r}")
-        self.micro_batch = micro_batch
         self._plan = _Plan(model, constants)
         # Folded weights as variables of this module (saved with it; the Keras model is not).
         # With constants=True there are none: the traced graph holds the values.
         self.folded_variables = dict(self._plan.variables)
         spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="images")
-        self.serve = tf.function(self._call, input_signature=[spec])
+        self.serve = tf.function(self.forward, input_signature=[spec])
 
     def __call__(self, images):
         return self.serve(images)
 
     def forward(self, images):
-        """The folded graph on one (micro-)batch, without splitting."""
+        """The folded graph on a batch of images, untraced (``serve`` traces it)."""
         return self._plan.run(tf.cast(images, tf.float32))
-
-    def _call(self, images):
-        if self.micro_batch is None:
-            return self.forward(images)
-        size = self.micro_batch
-        chunks = (tf.shape(images)[0] + size - 1) // size
-        specs = self._plan.output_specs
-        arrays = [tf.TensorArray(dtype, size=chunks, infer_shape=False,
-                                 element_shape=tf.TensorShape([None, *shape]))
-                  for shape, dtype in specs]
-
-        def body(i, arrays):
-            out = keras.tree.flatten(self.forward(images[i * size:(i + 1) * size]))
-            return i + 1, [a.write(i, o) for a, o in zip(arrays, out)]
-
-        # parallel_iterations=1: one micro-batch at a time, each using all intra-op threads.
-        _, arrays = tf.while_loop(lambda i, _: i < chunks, body, (0, arrays),
-                                  parallel_iterations=1)
-        return self._plan.pack([a.concat() for a in arrays])
 
 
 class _Plan:
@@ -146,8 +115,6 @@ class _Plan:
         self._alias = {}  # keras tensor id -> id of the tensor that now carries its value
         self._input_id = id(model.inputs[0])
         self._outputs = keras.tree.map_structure(id, model.output)
-        self.output_specs = [(tuple(t.shape[1:]), t.dtype)
-                             for t in keras.tree.flatten(model.output)]
         self._output_ids = set(keras.tree.flatten(self._outputs))
         self._consumers = _consumers(model)
         self._input_scale = {}  # conv name -> per-input-channel scale folded from Preprocessing
@@ -300,14 +267,14 @@ def _swap_batchnorm(model: keras.Model, source: type, target: type) -> keras.Mod
 def with_fused_batchnorm(model: keras.Model) -> keras.Model:
     """A copy of ``model`` (same layer names, variable paths and weights) whose Keras
     BatchNormalization layers are :class:`FusedBatchNormalization` (what train.main trains;
-    ``build_model`` keeps Keras' own, see the module docstring). Build it inside
-    the distribution strategy's scope, like the model."""
+    ``build_model`` keeps Keras' own). Build it inside the distribution strategy's scope,
+    like the model."""
     return _swap_batchnorm(model, keras.layers.BatchNormalization, FusedBatchNormalization)
 
 
 def with_keras_batchnorm(model: keras.Model) -> keras.Model:
     """The inverse: a copy whose batch norm is Keras' own ``BatchNormalization`` (the
-    reference the fused default is tested against; loads anywhere without this package)."""
+    reference the fused clone is tested against; loads anywhere without this package)."""
     return _swap_batchnorm(model, FusedBatchNormalization, keras.layers.BatchNormalization)
 
 

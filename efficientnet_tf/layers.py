@@ -58,18 +58,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization (same arguments, variables and semantics, including the
     moving-average update with the biased batch variance) on tf.compat.v1.nn.fused_batch_norm.
     Falls back to Keras' implementation where the fused kernel does not apply (masks, renorm,
-    synchronized statistics across replicas, inputs other than NHWC).
-
-    Why (README "Benchmarks"): Keras 3's BatchNormalization is a separate multiply and add over
-    every activation; FusedBatchNormV3 in training is one op forward and one backward instead of
-    tf.nn.moments and a dozen elementwise ops (1.45x faster train steps), and in inference one op
-    that grappler's remapper fuses into the preceding convolution.
-
-    Except under oneDNN in inference, where this layer runs Keras' path: there the remapper's
-    conv + FusedBatchNorm fusion becomes ``_MklNativeFusedConv2D`` with a batch-norm post-op,
-    which took 1136 CPU-ms per image at batch 1 against 44 for Keras' multiply-add (B0 at 224,
-    one thread, TF 2.21, TF_ENABLE_ONEDNN_OPTS=1; the stride-1 1x1 expansions at 112 and 56 px
-    took 290, 143 and 133 ms each), while at batch 32 it gained only 1.09x."""
+    synchronized statistics across replicas, inputs other than NHWC) and, under oneDNN, in
+    inference (why: docs/performance.md, "What we found")."""
 
     def call(self, inputs, training=None, mask=None):
         axis = self.axis if self.axis >= 0 else self.axis + len(inputs.shape)

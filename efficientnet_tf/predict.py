@@ -15,7 +15,11 @@ import os
 from typing import Dict, List, Sequence, Union
 
 import numpy as np
+import tensorflow as tf
 
+from efficientnet_tf import preprocessing
+from efficientnet_tf.builder import build_model
+from efficientnet_tf.labels import class_names
 from efficientnet_tf.spec import model_spec
 
 ImageInput = Union[str, os.PathLike, bytes, np.ndarray]
@@ -25,7 +29,6 @@ _EXIF_ORIENTATION = 0x0112  # 1 = upright; 2..8 = mirrored and/or rotated
 def init_model(name: str, weights="imagenet", **kwargs):
     """A classifier for ``name`` with ``weights`` (see :func:`efficientnet_tf.load_weights`),
     probabilities out."""
-    from efficientnet_tf.builder import build_model
 
     return build_model(name, weights=weights, **kwargs)
 
@@ -53,9 +56,6 @@ def _pil_image(data: bytes):
 
 def preprocess_image(image: ImageInput, model_name: str) -> np.ndarray:
     """One image -> float32 [S, S, 3] in [0, 1], evaluation preprocessing of ``model_name``."""
-    import tensorflow as tf
-
-    from efficientnet_tf import preprocessing
 
     config = preprocessing.eval_config(model_name)
     if isinstance(image, (str, os.PathLike)):
@@ -97,8 +97,6 @@ def _probabilities(model, batch: np.ndarray) -> np.ndarray:
 
 
 def _class_names(model, names=None):
-    from efficientnet_tf.labels import class_names
-
     return class_names(int(model.output.shape[-1]), names)
 
 

@@ -26,6 +26,8 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
+from efficientnet_tf.config import get_variant
+
 RESIZE_METHODS = ("bicubic", "bilinear")
 _MAGIC = {  # first bytes of the formats tf.io.decode_image reads
     "JPEG": b"\xff\xd8\xff",
@@ -59,7 +61,6 @@ def eval_config(model_name: str, image_size: Optional[int] = None) -> EvalConfig
     At the variant's resolution the crop fraction equals ``model_info(name)['eval_crop_fraction']``;
     at another size the official formula is applied to that size.
     """
-    from efficientnet_tf.config import get_variant
 
     variant = get_variant(model_name)
     size = variant.resolution if image_size is None else image_size

@@ -17,7 +17,15 @@ import os
 import sys
 import time
 
+import numpy as np
+import tensorflow as tf
 from absl import app, flags
+
+import efficientnet_tf
+from efficientnet_tf import console
+from efficientnet_tf.labels import imagenet_labels
+from efficientnet_tf.preprocessing import eval_config, preprocess_bytes
+from export import export_formats, photos
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_name", "efficientnet-lite0", "A variant with offline ImageNet weights.")
@@ -34,18 +42,10 @@ def _top(probabilities, labels, k=3):
 
 def main(argv):
     del argv
-    from efficientnet_tf import console
 
     console.setup_from_flags()
-    import numpy as np
-    import tensorflow as tf
     import tensorflow_hub as hub
     import tf_keras
-
-    import efficientnet_tf
-    from efficientnet_tf.labels import imagenet_labels
-    from efficientnet_tf.preprocessing import eval_config, preprocess_bytes
-    from export import export_formats, photos
 
     name = FLAGS.model_name
     started = time.perf_counter()

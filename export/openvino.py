@@ -19,8 +19,9 @@ import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
-from export import progress
+from export import progress, serving
 from export.exporter import Exporter
 from export.job import ExportJob
 from export.verify import Tolerance, Verification, VerificationError
@@ -114,7 +115,6 @@ def verify_openvino(out_dir: str, images: np.ndarray, expected: np.ndarray, reco
 def export(job: ExportJob, staging_dir: str) -> List[str]:
     """The serving SavedModel (written and verified like format ``saved_model``, in a scratch
     directory), converted to ``staging_dir/1/``."""
-    from export import serving
 
     require_openvino()
     with tempfile.TemporaryDirectory(prefix="openvino-src-") as scratch:
@@ -124,8 +124,6 @@ def export(job: ExportJob, staging_dir: str) -> List[str]:
 
 
 def verify(job: ExportJob, staging_dir: str) -> Verification:
-    import tensorflow as tf
-
     expected = tf.nn.softmax(job.reference["logits"], axis=-1).numpy()
     record = verify_openvino(staging_dir, job.batch, expected, Verification(OpenVINOExporter.name),
                              TOLERANCE, job.class_names)

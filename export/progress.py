@@ -7,12 +7,13 @@ from typing import Iterator
 
 from absl import logging
 
+from efficientnet_tf import console
+
 
 @contextlib.contextmanager
 def step(message: str) -> Iterator[None]:
     """Logs the start and the duration of a long step; on a job's quiet console, a progress line
     (efficientnet_tf.console)."""
-    from efficientnet_tf import console
 
     with console.step(message):
         yield

@@ -8,9 +8,8 @@ Signatures:
 The graph is the BN-folded inference graph of ``efficientnet_tf.fast.FoldedModel`` (faster; it
 holds the folded kernels and biases, not the Keras model's weights). Up to ``CONSTANTS_LIMIT``
 bytes of weights (every variant but V2-XL and L2) they are constants of the graph, so the
-SavedModel has no variables: under oneDNN that cut B0's CPU time per image at batch 1 on one
-thread from 128 to 38 ms (README, Benchmarks); larger models keep them as variables (a graph
-is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes], and for the
+SavedModel has no variables (faster under oneDNN: docs/performance.md); larger models keep
+them as variables (a graph is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes], and for the
 top-k (k = min(5, classes)) ``classes`` (int32), ``scores`` and ``class_names``. Bytes that
 are not an image fail the request with InvalidArgument naming the position in the batch; the
 model keeps serving.
@@ -46,7 +45,7 @@ def _build(job: ExportJob):
     spec = job.input_spec()
     with progress.step("saved_model: folding batch norm and tracing the network"):
         # Inference only: BN folded into the convolutions (efficientnet_tf.fast), ~1.5x the
-        # Keras graph's throughput on CPU (README "Benchmarks"), same outputs up to rounding.
+        # Keras graph's throughput on CPU (docs/performance.md), same outputs up to rounding.
         folded = FoldedModel(job.endpoints, constants=weights_as_constants(job))
 
         def logits_fn(images):

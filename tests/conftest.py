@@ -12,6 +12,23 @@ import warnings  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Files whose every test starts processes, servers or trainers, or exports whole models: the
+# `integration` tier (pytest.ini). Single integration tests elsewhere carry the mark themselves.
+INTEGRATION_FILES = frozenset({
+    "test_export_cli.py", "test_export_faults.py", "test_export_hub.py", "test_export_hub_tf1.py",
+    "test_export_openvino.py", "test_export_serving.py", "test_export_tflite.py",
+    "test_export_publish.py", "test_packaging.py", "test_train_distribute.py",
+    "test_train_faults.py", "test_train_main.py", "test_weights_download.py",
+    "test_weights_timm.py",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    for item in items:
+        if item.path.name in INTEGRATION_FILES:
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(autouse=True)
 def _restored_console_and_logging():

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+import efficientnet_tf
 from efficientnet_tf import config as cfg
 
 
@@ -84,17 +85,17 @@ def test_block_letters_past_z():
 
 
 def test_model_info_facts():
-    b2 = cfg.model_info("efficientnet-b2")
+    b2 = efficientnet_tf.model_info("efficientnet-b2")
     assert b2["resolution"] == 260 and b2["resize_method"] == "bicubic" and b2["num_features"] == 1408
     assert b2["eval_crop_fraction"] == pytest.approx(260 / 292)
-    lite = cfg.model_info("efficientnet-lite0")
+    lite = efficientnet_tf.model_info("efficientnet-lite0")
     assert lite["mean_rgb"] == (127.0,) * 3 and lite["stddev_rgb"] == (128.0,) * 3
     assert lite["activation"] == "relu6" and lite["resize_method"] == "bilinear"
-    v2s = cfg.model_info("efficientnetv2-s")
+    v2s = efficientnet_tf.model_info("efficientnetv2-s")
     assert v2s["resolution"] == 384 and v2s["eval_crop_fraction"] == 1.0 and v2s["bn_momentum"] == 0.9
     assert v2s["mean_rgb"] == (128.0,) * 3
     # V2-B models were trained with automl's legacy V1 preprocessing (ImageNet mean/std).
-    v2b0 = cfg.model_info("efficientnetv2-b0")
+    v2b0 = efficientnet_tf.model_info("efficientnetv2-b0")
     assert v2b0["mean_rgb"][0] == pytest.approx(0.485 * 255) and v2b0["eval_crop_fraction"] < 1
 
 

@@ -58,12 +58,12 @@ def test_folded_graph_equals_keras_model(name):
     assert relative_error(want, frozen(x).numpy()) < 2e-5
 
 
-def test_folded_endpoints_micro_batches_and_saved_model(tmp_path):
+def test_folded_endpoints_and_saved_model(tmp_path):
     model = trained_like("efficientnet-b0", classifier_activation=None)
     endpoints = efficientnet_tf.endpoints_model(model)
     x = images(5)
     want = endpoints(x, training=False)
-    folded = fast.FoldedModel(endpoints, micro_batch=2)  # 5 = 2 + 2 + 1 inside a while loop
+    folded = fast.FoldedModel(endpoints)
     got = folded(x)
     assert set(got) == set(want)
     for key in want:
@@ -80,8 +80,6 @@ def test_folded_rejects_what_it_cannot_fold():
     model = keras.Model(inputs, keras.layers.LayerNormalization()(inputs))
     with pytest.raises(ValueError, match="LayerNormalization is not supported"):
         fast.FoldedModel(model)
-    with pytest.raises(ValueError, match="micro_batch"):
-        fast.FoldedModel(trained_like("efficientnet-lite0"), micro_batch=0)
 
 
 @pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnetv2-b0"])

@@ -12,7 +12,7 @@ file lists must agree:
 A data file added to the tree but not to setup.py's package_data, or not to a
 BUILD target's data glob, fails here and names the file. Not shipped anywhere,
 and so not compared: BUILD files and a directory's README.md (documentation
-for people reading the source, e.g. train/README.md).
+for people reading the source, e.g. third_party/README.md).
 """
 
 import configparser

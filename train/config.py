@@ -17,7 +17,16 @@ import re
 import typing
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import tensorflow as tf
 import yaml
+
+import efficientnet_tf
+from efficientnet_tf.preprocessing import RESIZE_METHODS
+from train.augment import AUGMENT_NAMES
+from train.distribute import PRECISIONS
+from train.preprocessing import CROP_RULES
+from train.schedules import DECAY_TYPES
+from train.state import OPTIMIZERS
 
 DIGITS = "sklearn_digits"  # the embedded default dataset (train/digits_dataset.py)
 MODES = ("train", "eval", "train_and_eval")
@@ -279,7 +288,6 @@ def to_yaml(config: Config) -> str:
 
 def save(config: Config, directory: str) -> Tuple[str, str]:
     """Writes ``config.yaml`` and ``config.json`` into ``directory``; returns their paths."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: also gs:// paths)
 
     tf.io.gfile.makedirs(directory)
     paths = (os.path.join(directory, "config.yaml"), os.path.join(directory, "config.json"))
@@ -291,8 +299,6 @@ def save(config: Config, directory: str) -> Tuple[str, str]:
 
 
 def load(path: str) -> Config:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
     with tf.io.gfile.GFile(path) as f:
         text = f.read()
     return from_dict(json.loads(text) if path.endswith(".json") else yaml.safe_load(text))
@@ -321,13 +327,6 @@ def _check_range(key, value, low=None, high=None, low_open=False, high_open=Fals
 def validate(config: Config) -> None:
     """Checks values and combinations that can be checked without touching data or devices."""
     # pylint: disable=g-import-not-at-top  (TensorFlow; the owners of the choice lists)
-    import efficientnet_tf
-    from efficientnet_tf.preprocessing import RESIZE_METHODS
-    from train.augment import AUGMENT_NAMES
-    from train.distribute import PRECISIONS
-    from train.preprocessing import CROP_RULES
-    from train.schedules import DECAY_TYPES
-    from train.state import OPTIMIZERS
 
     efficientnet_tf.get_variant(config.model.name)  # names the valid models when unknown
     m, d, t, e, r = config.model, config.data, config.train, config.eval, config.runtime

@@ -18,17 +18,13 @@ from typing import Dict, Optional
 import keras
 import tensorflow as tf
 from absl import logging
+from tensorflow.core.framework import summary_pb2
 
 import efficientnet_tf
-from train import checkpoints
+from export import export_model
+from train import checkpoints, distribute, fine_tune, input_pipeline, lock, preemption, recipes
 from train import config as config_lib
-from train import distribute
-from train import fine_tune
-from train import input_pipeline
-from train import lock
 from train import plan as plan_lib
-from train import preemption
-from train import recipes
 from train import state as state_lib
 from train import steps as steps_lib
 
@@ -306,7 +302,6 @@ def _barrier(strategy: tf.distribute.Strategy) -> None:
 def write_scalar(name: str, value) -> None:
     """A TensorBoard scalar without the tensorboard package (not a dependency here):
     tf.summary.write with the 'scalars' plugin metadata tensorboard's own scalar() writes."""
-    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
 
     metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
@@ -316,7 +311,6 @@ def write_scalar(name: str, value) -> None:
 
 def _export(export_dir, export_format, cfg, state, plan, origin) -> None:
     """Exports the (EMA) weights as a float32 model through export/."""
-    from export import export_model  # pylint: disable=g-import-not-at-top
 
     with fine_tune.float32_policy():  # exports are float32 whatever trained
         exported = efficientnet_tf.build_model(cfg.model.name, classes=plan.num_classes)

@@ -18,11 +18,15 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from train import config as config_lib
-from train import recipes
+import efficientnet_tf  # noqa: F401  first: it holds back TensorFlow's start-up banner
+import tensorflow as tf  # noqa: E402
+
+import export  # noqa: E402
+from efficientnet_tf import console  # noqa: E402
+from train import checkpoints, distribute, input_pipeline, lock, loop, recipes  # noqa: E402
+from train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -147,7 +151,6 @@ def check_run(cfg: config_lib.Config, mode: str, model_dir: Optional[str],
               export_dir: Optional[str], tpu: Optional[str], num_cpu_devices: int,
               export_format: str = "saved_model") -> None:
     """Invalid combinations of run flags and config, found before any work starts."""
-    from train import distribute  # pylint: disable=g-import-not-at-top
 
     distribute.check_request(tpu, num_cpu_devices)
     if mode == "eval" and cfg.model.init_weights is None and not _has_checkpoint(model_dir):
@@ -164,7 +167,6 @@ def check_run(cfg: config_lib.Config, mode: str, model_dir: Optional[str],
     if export_dir and os.path.abspath(export_dir) == os.path.abspath(model_dir):
         raise ValueError("--export_dir must differ from --model_dir")
     if export_dir:
-        import export  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
         if export_format not in export.FORMATS:
             raise ValueError(f"--export_format={export_format!r}; valid: {', '.join(export.FORMATS)}")
@@ -179,14 +181,10 @@ def default_model_dir(cfg: config_lib.Config) -> str:
 
 
 def _exists(path: str) -> bool:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: also gs:// paths)
-
     return tf.io.gfile.exists(path)
 
 
 def _has_checkpoint(model_dir: str) -> bool:
-    from train import checkpoints  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-
     return checkpoints.CheckpointStore(model_dir).has_checkpoint()
 
 
@@ -196,8 +194,6 @@ def given_flags() -> Dict[str, Any]:
 
 
 def main(argv):
-    from efficientnet_tf import console  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-
     console.setup_from_flags()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -209,11 +205,6 @@ def main(argv):
     except ValueError as err:  # a bad flag or config: say so before any work starts
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from train import loop  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-
-    from train import checkpoints  # pylint: disable=g-import-not-at-top
-    from train import input_pipeline  # pylint: disable=g-import-not-at-top
-    from train import lock  # pylint: disable=g-import-not-at-top
 
     if not FLAGS.model_dir:
         print(f"--model_dir not given: using {model_dir}", flush=True)

@@ -22,6 +22,7 @@ import dataclasses
 
 import tensorflow as tf
 
+import efficientnet_tf
 from efficientnet_tf import config as lib_config
 from efficientnet_tf import preprocessing as eval_lib
 from train import augment
@@ -58,7 +59,6 @@ CROP_RULES = {
 
 def crop_rule_for_model(name: str) -> CropRule:
     """The CropRule of an efficientnet_tf variant from its model_info (crop_padding, crop_below)."""
-    import efficientnet_tf  # pylint: disable=g-import-not-at-top
 
     info = efficientnet_tf.model_info(name)
     base = CROP_RULES["v2"] if info["crop_below"] else CROP_RULES["v1"]

@@ -123,13 +123,13 @@ def _v1(model_name: str) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------ digits
 # The embedded default: scikit-learn's 8x8 digits upscaled to 32x32 (train/digits_dataset.py),
 # 1437 train / 360 test images, EfficientNet-B0 from scratch at 48 px. Chosen by a small sweep
-# on two CPU cores (train/README.md): the official random-area crop (8-100% of the area) and the
+# on two CPU cores (docs/changelog.md, the digits sweep): the official random-area crop (8-100% of the area) and the
 # horizontal flip destroy or mirror digits (70% after 40 epochs), so the crop keeps >= 70% of the
 # area and there is no flip; no eval centre crop (the digits fill the frame); Adam with a
 # cosine schedule; BN momentum 0.9 and EMA 0.999 because the run is only ~670 steps.
 DIGITS = {
     "model.bn_momentum": 0.9,
-    "data.image_size": 48,  # 32 px needs ~40 epochs for the same accuracy (train/README.md)
+    "data.image_size": 48,  # 32 px needs ~40 epochs for the same accuracy (docs/changelog.md)
     "data.eval_image_size": 48,
     "data.crop_padding": 0,
     "data.crop_min_area": 0.7,
