@@ -29,6 +29,7 @@ import tensorflow as tf  # noqa: E402
 from bench.train import OURS  # noqa: E402
 from export import photos  # noqa: E402
 from train import input_pipeline  # noqa: E402
+from train.augment import Augment  # noqa: E402
 
 LONGER_SIDE = 500  # ImageNet train images are mostly 500x375 / 375x500
 JPEG_QUALITY = 90
@@ -60,8 +61,8 @@ def write_jpegs(root: str, copies: int = 4) -> list[str]:
 def training_dataset(root, args, check_corrupt=True):
     return input_pipeline.build_dataset(input_pipeline.PipelineSpec(
         root, None, is_training=True, image_size=args.size, batch_size=args.batch,
-        resize_method="bicubic", crop_rule="v1", augment_name="randaugment",
-        randaug_num_layers=args.randaug_layers, randaug_magnitude=args.randaug_magnitude,
+        resize_method="bicubic", crop_rule="v1",
+        augmentation=Augment("randaugment", args.randaug_layers, args.randaug_magnitude),
         num_classes=1000, seed=0, check_corrupt=check_corrupt))
 
 

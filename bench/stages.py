@@ -190,7 +190,7 @@ def _ort_session(path, profile_prefix=None):
 def _bound(session, size):
     """A run of the session on one bound input into a preallocated output: no copies per call."""
     import onnxruntime as ort
-    image = ort.OrtValue.ortvalue_from_numpy(w._nchw(w.batch_images(1, size)))
+    image = ort.OrtValue.ortvalue_from_numpy(w.nchw(w.batch_images(1, size)))
     out = session.get_outputs()[0]
     shape = [1 if not isinstance(d, int) else d for d in out.shape]
     result = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32)

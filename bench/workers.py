@@ -167,7 +167,7 @@ def torch_onnx_main(spec):
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def _nchw(x):
+def nchw(x):
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
@@ -208,7 +208,7 @@ def openvino_candidates(spec):
             port = compiled.output("probabilities") if layout == "nhwc" else compiled.outputs[0]
 
             def run(x, request=request, port=port, layout=layout):
-                request.infer({0: x if layout == "nhwc" else _nchw(x)})
+                request.infer({0: x if layout == "nhwc" else nchw(x)})
                 return np.array(request.get_tensor(port).data, copy=True)
             cands[(set_name, name)] = run
     return cands, {}
@@ -222,7 +222,7 @@ def onnxruntime_candidates(spec):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(os.path.join(spec["workdir"], set_name, "timm.onnx"),
                                        options, providers=["CPUExecutionProvider"])
-        cands[(set_name, ORT_ONNX)] = lambda x, s=session: s.run(None, {"images": _nchw(x)})[0]
+        cands[(set_name, ORT_ONNX)] = lambda x, s=session: s.run(None, {"images": nchw(x)})[0]
     return cands, {}
 
 

@@ -1,7 +1,10 @@
 """Weights for numerical checks without a download: what the tests and bench/ compare exports
 and runtimes with. Not for training."""
 
+import keras
 import numpy as np
+
+from efficientnet_tf.builder import build_model
 
 
 def randomize_like_trained(model, calibration_images, seed=0):
@@ -41,3 +44,11 @@ def randomize_like_trained(model, calibration_images, seed=0):
             variance = layer.moving_variance.numpy()
             layer.moving_variance.assign(np.maximum(variance, 0.5 * variance.mean()))
     return model
+
+
+def seeded_model(name, calibration_images, seed=0, **build_kwargs):
+    """``build_model(name, **build_kwargs)`` with Keras' seed set and
+    :func:`randomize_like_trained` applied: the same weights on every run and machine, so no check
+    on the model depends on the luck of an initialisation."""
+    keras.utils.set_random_seed(seed)
+    return randomize_like_trained(build_model(name, **build_kwargs), calibration_images, seed)

@@ -159,3 +159,12 @@ def test_results_files_name_no_machine_paths():
         found += [f"{path.name}: {m}" for m in re.findall(r'"(/(?:tmp|work|root|home|Users)/[^"]*)"', text)]
         found += [f"{path.name}: {m}" for m in re.findall(r"[ =](/(?:tmp|work|root|home|Users)/\S*)", text)]
     assert not found, "\n".join(found)
+
+
+def test_the_format_table_lists_exactly_the_formats():
+    import export
+
+    text = (ROOT / "docs" / "export.md").read_text()
+    rows = re.findall(r"^\| `([a-z0-9_]+)`", text, re.M)
+    assert [r.split(" ")[0] for r in rows] == list(export.FORMATS), (
+        "docs/export.md's format table must have one row per export.formats.FORMATS entry, in order")

@@ -9,10 +9,13 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-import efficientnet_tf
 import export
+from efficientnet_tf.preprocessing import eval_config, preprocess_bytes
+from efficientnet_tf.testing import seeded_model
+from export import photos
 from export import ExportWriteError, export_formats, export_model, parse_formats, summary_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +57,8 @@ def test_parse_formats():
 
 @pytest.fixture(scope="module")
 def lite0():
-    return efficientnet_tf.build_model("efficientnet-lite0")
+    calibration = np.random.default_rng(1).uniform(size=(4, 64, 64, 3)).astype("float32")
+    return seeded_model("efficientnet-lite0", calibration)
 
 
 def test_two_formats_one_job_and_a_summary_table(lite0, tmp_path):
@@ -107,7 +111,19 @@ def test_disk_full_in_python_writes_leaves_nothing(tmp_path):
             assert (target / "model.tflite").read_bytes() == b"previous export"
 
 
-def test_disk_full_in_a_later_format_keeps_the_previous_export(tmp_path):
+@pytest.fixture(scope="module")
+def lite0_weights(tmp_path_factory):
+    """A seeded, calibrated Lite0 (10 classes, 64 px) as a weights file for the CLI: its int8
+    export passes verification on every run (a fresh unseeded one sometimes did not)."""
+    calibration = np.stack([preprocess_bytes(data, eval_config("efficientnet-lite0", image_size=64))
+                            for _, data in photos.load()])
+    model = seeded_model("efficientnet-lite0", calibration, classes=10)
+    path = tmp_path_factory.mktemp("lite0") / "lite0.weights.h5"
+    model.save_weights(str(path))
+    return f"--weights={path}"
+
+
+def test_disk_full_in_a_later_format_keeps_the_previous_export(tmp_path, lite0_weights):
     # The first format (int8 TF-Lite, ~1 MiB) fits, TensorFlow's C++ writer of the second one's
     # saved_model.pb (~14 MiB: its weights are graph constants) hits the limit: the whole
     # multi-format export fails, the previous export at DIR (replaced only with --overwrite, and
@@ -116,7 +132,7 @@ def test_disk_full_in_a_later_format_keeps_the_previous_export(tmp_path):
     (target / "1").mkdir(parents=True)
     (target / "1" / "saved_model.pb").write_bytes(b"previous export")
     before = _tree(target)
-    failed = _cli(*LITE0, f"--export_dir={target}", "--format=tflite,saved_model", "--quantize=int8",
+    failed = _cli(*LITE0, lite0_weights, f"--export_dir={target}", "--format=tflite,saved_model", "--quantize=int8",
                   "--num_classes=10", "--overwrite", max_file_bytes=8 * 2**20)
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert f"Writing the export to '{target}' failed" in failed.stderr

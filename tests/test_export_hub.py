@@ -9,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 import efficientnet_tf
+from efficientnet_tf.testing import seeded_model
 from export import export_model
 from export.job import prepare, reference_batch
-from helpers import randomize_like_trained, relative_error
+from helpers import relative_error
 
 SIZE = 64
 
@@ -19,7 +20,8 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model = efficientnet_tf.build_model("efficientnet-b0", classifier_activation=None)
-    randomize_like_trained(model, reference_batch(prepare(model, image_size=SIZE)))
+    model = seeded_model("efficientnet-b0", reference_batch(prepare(model, image_size=SIZE)),
+                         classifier_activation=None)
     path = str(tmp_path_factory.mktemp("hub") / "b0")
     result = export_model(model, path, format="hub", image_size=SIZE)
     return model, result, path

@@ -9,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 import efficientnet_tf
+from efficientnet_tf.testing import seeded_model
 from export import export_model, hub_protos, hub_tf1
 from export.job import prepare, reference_batch
-from helpers import randomize_like_trained, relative_error
+from helpers import relative_error
 
 SIZE = 64
 FEATURE_KEYS = {"default", "stem", "reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5",
@@ -23,7 +24,8 @@ def exported(tmp_path_factory):
     # No dropout or drop-connect, so that the train graph is deterministic and comparable.
     model = efficientnet_tf.build_model("efficientnet-b0", classifier_activation=None, dropout_rate=0.0,
                                         drop_connect_rate=0.0)
-    randomize_like_trained(model, reference_batch(prepare(model, image_size=SIZE)))
+    model = seeded_model("efficientnet-b0", reference_batch(prepare(model, image_size=SIZE)),
+                         classifier_activation=None, dropout_rate=0.0, drop_connect_rate=0.0)
     path = str(tmp_path_factory.mktemp("tf1") / "module")
     result = export_model(model, path, format="hub_tf1", image_size=SIZE)
     x = np.random.default_rng(5).uniform(0, 1, (4, SIZE, SIZE, 3)).astype(np.float32)

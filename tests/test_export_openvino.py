@@ -9,19 +9,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import efficientnet_tf
+from efficientnet_tf.testing import seeded_model
 from export import export_model
 from export import openvino as ov_export
-from helpers import randomize_like_trained, relative_error
+from helpers import relative_error
 
 SIZE = 64  # small: conversion time does not depend on it, the check is the same
 
 
 @pytest.fixture(scope="module")
 def model():
-    built = efficientnet_tf.build_model("efficientnet-b0")
     calibration = np.random.default_rng(1).uniform(size=(4, SIZE, SIZE, 3)).astype("float32")
-    randomize_like_trained(built, calibration)
+    built = seeded_model("efficientnet-b0", calibration)
     head = built.get_layer("predictions")
     head.kernel.assign(head.kernel * 30.0)  # logits of ~30: probabilities far from uniform
     return built

@@ -11,6 +11,7 @@ import skimage.data
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from train.augment import Augment
 from train import digits_dataset
 from train import input_pipeline as ip
 
@@ -83,8 +84,9 @@ def test_digits_split_is_deterministic_and_stratified():
 
 
 def test_train_pipeline_on_digits(digits_dir):
-    kwargs = dict(is_training=True, image_size=48, batch_size=16, augment_name="randaugment",
-                  randaug_num_layers=1, randaug_magnitude=9, mixup_alpha=0.2, cutmix_alpha=1.0,
+    kwargs = dict(is_training=True, image_size=48, batch_size=16,
+                  augmentation=Augment("randaugment", randaug_num_layers=1, randaug_magnitude=9,
+                                       mixup_alpha=0.2, cutmix_alpha=1.0),
                   num_classes=10, deterministic=True, seed=3, shuffle_buffer_size=256)
     first = list(build("sklearn_digits", "train", digits_dir, **kwargs).take(2))
     second = list(build("sklearn_digits", "train", digits_dir, **kwargs).take(2))
@@ -192,7 +194,7 @@ def test_image_folder_listing_and_pipeline(photo_folder):
     np.testing.assert_array_equal(next(iter(unchecked))[0], images)
 
     train = build(photo_folder, "train", is_training=True, image_size=24,
-                             batch_size=4, augment_name="autoaugment", seed=1,
+                             batch_size=4, augmentation=Augment("autoaugment"), seed=1,
                              shuffle_buffer_size=8)
     images, labels = next(iter(train))
     assert images.shape == (4, 24, 24, 3) and set(labels.numpy()) <= {0, 1}
@@ -231,8 +233,8 @@ def test_corrupt_examples_raise_or_are_skipped_and_counted(tmp_path):
 def test_build_dataset_argument_errors(digits_dir):
     common = dict(is_training=True, image_size=32, batch_size=4)
     with pytest.raises(ValueError, match="'augmix'.*'autoaugment', 'randaugment'"):
-        build("sklearn_digits", "train", digits_dir, augment_name="augmix", **common)
+        build("sklearn_digits", "train", digits_dir, augmentation=Augment("augmix"), **common)
     with pytest.raises(ValueError, match="need num_classes"):
-        build("sklearn_digits", "train", digits_dir, mixup_alpha=0.2, **common)
+        build("sklearn_digits", "train", digits_dir, augmentation=Augment(mixup_alpha=0.2), **common)
     with pytest.raises(ValueError, match="'cubic'.*'bicubic'"):
         build("sklearn_digits", "train", digits_dir, resize_method="cubic", **common)

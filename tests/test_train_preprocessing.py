@@ -7,6 +7,7 @@ import skimage.data
 import tensorflow as tf
 
 from efficientnet_tf import preprocessing as eval_lib
+from train.augment import Augment
 from train import preprocessing as pp
 
 SEED = tf.constant([11, 5], tf.int64)
@@ -126,7 +127,7 @@ def test_train_shapes_range_and_eager_equals_tf_data(request, fmt, resize_method
 
     def fn(b, s):
         return pp.preprocess_for_train(b, 96, s, resize_method=resize_method,
-                                       augment_name=augment_name, randaug_magnitude=9)
+                                       augmentation=Augment(augment_name, randaug_magnitude=9))
 
     eager = fn(image_bytes, SEED).numpy()
     graph = _in_tf_data(fn, image_bytes, SEED)

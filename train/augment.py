@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 
-AUGMENT_NAMES = ("autoaugment", "randaugment")
 _MAX_LEVEL = 10.0  # official `_MAX_LEVEL`
 _REPLACE = 128  # official replace value [128, 128, 128] for empty pixels
 
@@ -311,13 +311,98 @@ def distort_with_randaugment(image, num_layers: int, magnitude: float, seed,
     return out
 
 
+# ------------------------------------------------------------------- the registry
+
+# Per-image augmentations by name: fn(uint8 image, seed [2], settings: Augment) -> uint8 image.
+# Adding one is a function and a @register("name"); config choices, flags' help and the docs
+# list AUGMENTATIONS.
+AUGMENTATIONS: Dict[str, Callable] = {}
+
+
+def register(name: str):
+    """Registers ``fn(image, seed, settings)`` as the per-image augmentation ``name``."""
+    def add(fn):
+        if name in AUGMENTATIONS:
+            raise ValueError(f"augmentation {name!r} is registered twice")
+        AUGMENTATIONS[name] = fn
+        return fn
+    return add
+
+
+@register("autoaugment")
+def _autoaugment(image, seed, settings):
+    del settings  # policy v0 has its own magnitudes
+    return distort_with_autoaugment(image, seed)
+
+
+@register("randaugment")
+def _randaugment(image, seed, settings):
+    return distort_with_randaugment(image, settings.randaug_num_layers, settings.randaug_magnitude,
+                                    seed)
+
+
+AUGMENT_NAMES = tuple(AUGMENTATIONS)
+
+
+def _check_range(key, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (
+            high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{key}={value!r} must be a number {bound}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """How training images are augmented: one per-image augmentation by name (or None) with its
+    settings, and batch mixing. Validated when made.
+
+    Args:
+        name: a key of :data:`AUGMENTATIONS` or None.
+        randaug_num_layers, randaug_magnitude: RandAugment's N and M (magnitude 0-30).
+        mixup_alpha, cutmix_alpha: Beta parameters of mixup and CutMix (0: off).
+        key_prefix: prefixed to the field names in error messages (e.g. "data.").
+
+    Raises:
+        ValueError: naming the field, the bad value and the valid ones.
+    """
+    name: Optional[str] = None
+    randaug_num_layers: int = 2
+    randaug_magnitude: float = 10.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    key_prefix: str = dataclasses.field(default="", compare=False, repr=False)
+
+    def __post_init__(self):
+        key = self.key_prefix
+        if self.name is not None and self.name not in AUGMENTATIONS:
+            raise ValueError(f"{key}augment_name={self.name!r} is not valid; valid values: "
+                             f"{['None'] + list(AUGMENTATIONS)}")
+        _check_range(f"{key}randaug_num_layers", self.randaug_num_layers, 0)
+        _check_range(f"{key}randaug_magnitude", self.randaug_magnitude, 0, 30)
+        _check_range(f"{key}mixup_alpha", self.mixup_alpha, 0)
+        _check_range(f"{key}cutmix_alpha", self.cutmix_alpha, 0)
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (labels must then be one-hot)."""
+        return bool(self.mixup_alpha or self.cutmix_alpha)
+
+    def apply(self, image, seed):
+        """The per-image augmentation on a uint8 [H, W, 3] image (unchanged when ``name`` is None)."""
+        if self.name is None:
+            return image
+        return AUGMENTATIONS[self.name](image, seed, self)
+
+    def mix(self, images, labels, seed):
+        """Mixup or CutMix of a batch (see :func:`mix_batch`)."""
+        return mix_batch(images, labels, self.mixup_alpha, self.cutmix_alpha, seed)
+
+
 def distort_image(image, augment_name: str, seed, num_layers: int = 2, magnitude: float = 10):
-    """'autoaugment' (policy v0) or 'randaugment' (num_layers, magnitude) on a uint8 image."""
-    if augment_name == "autoaugment":
-        return distort_with_autoaugment(image, seed)
-    if augment_name == "randaugment":
-        return distort_with_randaugment(image, num_layers, magnitude, seed)
-    raise ValueError(f"Unknown augment_name {augment_name!r}; valid: {list(AUGMENT_NAMES)}.")
+    """The registered augmentation ``augment_name`` on a uint8 image."""
+    if augment_name not in AUGMENTATIONS:  # a name is required here; None is not one
+        raise ValueError(f"Unknown augment_name {augment_name!r}; valid: {list(AUGMENTATIONS)}.")
+    return Augment(augment_name, num_layers, magnitude).apply(image, seed)
 
 
 # ------------------------------------------------------------------------ batch mixing

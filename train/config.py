@@ -22,7 +22,7 @@ import yaml
 
 import efficientnet_tf
 from efficientnet_tf.preprocessing import RESIZE_METHODS
-from train.augment import AUGMENT_NAMES
+from train import augment
 from train.distribute import PRECISIONS
 from train.preprocessing import CROP_RULES
 from train.schedules import DECAY_TYPES
@@ -340,11 +340,8 @@ def validate(config: Config) -> None:
     _check_choice("data.crop_rule", d.crop_rule, CROP_RULES, allow_none=True)
     _check_range("data.crop_padding", d.crop_padding, 0)
     _check_range("data.crop_min_area", d.crop_min_area, 0, 1, low_open=True)
-    _check_choice("data.augment_name", d.augment_name, AUGMENT_NAMES, allow_none=True)
-    _check_range("data.randaug_num_layers", d.randaug_num_layers, 0)
-    _check_range("data.randaug_magnitude", d.randaug_magnitude, 0, 30)
-    _check_range("data.mixup_alpha", d.mixup_alpha, 0)
-    _check_range("data.cutmix_alpha", d.cutmix_alpha, 0)
+    augment.Augment(d.augment_name, d.randaug_num_layers, d.randaug_magnitude, d.mixup_alpha,
+                    d.cutmix_alpha, key_prefix="data.")
     _check_range("data.shuffle_buffer_size", d.shuffle_buffer_size, 1)
     _check_range("train.batch_size", t.batch_size, 1)
     _check_range("train.epochs", t.epochs, 0, low_open=True)

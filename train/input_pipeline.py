@@ -213,11 +213,7 @@ class PipelineSpec:
     batch_size: int = 32
     resize_method: str = "bicubic"
     crop_rule: preprocessing.CropRule | str = "v1"
-    augment_name: str | None = None
-    randaug_num_layers: int = 2
-    randaug_magnitude: float = 10
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
+    augmentation: augment.Augment = augment.Augment()
     num_classes: int | None = None
     cache: bool = False
     deterministic: bool = False
@@ -232,10 +228,10 @@ class PipelineSpec:
     random_flip: bool = True
 
     def __post_init__(self):
-        if self.augment_name is not None and self.augment_name not in augment.AUGMENT_NAMES:
-            raise ValueError(f"Unknown augment_name {self.augment_name!r}; valid: None or "
-                             f"{list(augment.AUGMENT_NAMES)}.")
-        if (self.mixup_alpha or self.cutmix_alpha) and not self.num_classes:
+        if not isinstance(self.augmentation, augment.Augment):
+            raise TypeError(f"augmentation must be a train.augment.Augment, got "
+                            f"{type(self.augmentation).__name__}")
+        if self.augmentation.mixes and not self.num_classes:
             raise ValueError("mixup_alpha/cutmix_alpha need num_classes (labels are mixed "
                              "one-hot).")
         preprocessing.get_crop_rule(self.crop_rule)
@@ -277,10 +273,9 @@ def build_dataset(spec: PipelineSpec, *, corrupt_counter: CorruptCounter | None 
                 deterministic=spec.deterministic)
     drop_remainder = spec.is_training if spec.drop_remainder is None else spec.drop_remainder
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if spec.is_training and (spec.mixup_alpha or spec.cutmix_alpha):
+    if spec.is_training and spec.augmentation.mixes:
         ds = tf.data.Dataset.zip((ds, _seeds(None if seed is None else seed + 1))).map(
-            lambda batch, batch_seed: augment.mix_batch(batch[0], batch[1], spec.mixup_alpha,
-                                                        spec.cutmix_alpha, batch_seed),
+            lambda batch, batch_seed: spec.augmentation.mix(batch[0], batch[1], batch_seed),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=spec.deterministic)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(options)
@@ -343,8 +338,7 @@ def _finish(example, spec: PipelineSpec):
     if spec.is_training:
         image = preprocessing.finish_for_train(
             example["image"], spec.image_size, finish_seed, spec.resize_method, spec.crop_rule,
-            spec.augment_name, spec.randaug_num_layers, spec.randaug_magnitude,
-            spec.random_flip)
+            spec.augmentation, spec.random_flip)
     else:
         image = preprocessing.finish_for_eval(example["image"], spec.image_size,
                                               spec.resize_method, spec.crop_rule)

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 import export  # noqa: E402
 from efficientnet_tf import console  # noqa: E402
-from train import checkpoints, distribute, input_pipeline, lock, loop, recipes  # noqa: E402
+from train import augment, checkpoints, distribute, input_pipeline, lock, loop, recipes  # noqa: E402
 from train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -36,8 +36,8 @@ flags.DEFINE_string("model_dir", None, "Checkpoints, summaries and the resolved 
                     "(default: <tmp>/efficientnet_tf/<model_name>-<dataset>; a rerun resumes).")
 flags.DEFINE_enum("mode", "train_and_eval", list(config_lib.MODES), "What to run.")
 flags.DEFINE_string("export_dir", None, "Export the trained (EMA) model here at the end (export/).")
-flags.DEFINE_string("export_format", "saved_model", "Format for --export_dir: hub, hub_tf1, "
-                    "saved_model or tflite (export.FORMATS).")
+flags.DEFINE_string("export_format", "saved_model", "Format for --export_dir: "
+                    + ", ".join(export.FORMATS) + ".")
 flags.DEFINE_string("recipe", None, "Named recipe: " + ", ".join(recipes.RECIPES) +
                     " (default: digits on the embedded dataset, v2 for EfficientNetV2, else v1).")
 flags.DEFINE_multi_string("config", [], "Config override key=value (repeatable), e.g. "
@@ -58,7 +58,7 @@ flags.DEFINE_boolean("use_bfloat16", None, "bfloat16 activations (default: on TP
 flags.DEFINE_float("base_learning_rate", None, "Learning rate per 256 images.")
 flags.DEFINE_float("moving_average_decay", None, "EMA decay of the weights (0: off).")
 flags.DEFINE_float("label_smoothing", None, "Label smoothing.")
-flags.DEFINE_string("augment_name", None, "autoaugment, randaugment or none.")
+flags.DEFINE_string("augment_name", None, ", ".join(augment.AUGMENTATIONS) + " or none.")
 flags.DEFINE_integer("randaug_num_layers", None, "RandAugment N.")
 flags.DEFINE_float("randaug_magnitude", None, "RandAugment M.")
 flags.DEFINE_float("mixup_alpha", None, "Mixup alpha (0: off).")

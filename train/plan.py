@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 
 import efficientnet_tf
+from train import augment
 from train import config as config_lib
 from train import input_pipeline
 from train import preprocessing
@@ -96,9 +97,10 @@ def train_spec(cfg: config_lib.Config, plan: RunPlan, stage: recipes.Stage,
         data.dataset, data.train_split, data.data_dir, is_training=True,
         image_size=stage.image_size, batch_size=cfg.train.batch_size,
         resize_method=plan.resize_method, crop_rule=plan.crop_rule,
-        augment_name=data.augment_name, randaug_num_layers=data.randaug_num_layers,
-        randaug_magnitude=stage.randaug_magnitude, mixup_alpha=stage.mixup_alpha,
-        cutmix_alpha=stage.cutmix_alpha, num_classes=plan.num_classes, cache=data.cache,
+        augmentation=augment.Augment(data.augment_name, data.randaug_num_layers,
+                                     stage.randaug_magnitude, stage.mixup_alpha,
+                                     stage.cutmix_alpha, key_prefix="data."),
+        num_classes=plan.num_classes, cache=data.cache,
         deterministic=data.deterministic, seed=seed, skip_corrupt=data.skip_corrupt,
         shuffle_buffer_size=data.shuffle_buffer_size, download=False,
         area_range=(data.crop_min_area, preprocessing.TRAIN_AREA_RANGE[1]),

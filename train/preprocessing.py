@@ -138,10 +138,9 @@ def decode_for_train(image_bytes, image_size: int, seed, rule: CropRule | str = 
 
 
 def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic",
-                     rule: CropRule | str = "v1", augment_name: str | None = None,
-                     randaug_num_layers: int = 2, randaug_magnitude: float = 10,
+                     rule: CropRule | str = "v1", augmentation: augment.Augment | None = None,
                      random_flip: bool = True):
-    """Resize, random flip, optional AutoAugment/RandAugment -> [0, 1] float32.
+    """Resize, random flip, the per-image augmentation of ``augmentation`` -> [0, 1] float32.
 
     The order (crop, resize, flip, augment on uint8) is the official one.
     """
@@ -151,25 +150,22 @@ def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic
     image = eval_lib.resize(image, eval_config(image_size, rule, resize_method))
     if random_flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    if augment_name:
+    if augmentation is not None and augmentation.name is not None:
         image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
-        image = augment.distort_image(image, augment_name, aug_seed,
-                                      num_layers=randaug_num_layers, magnitude=randaug_magnitude)
-        image = tf.cast(image, tf.float32)
+        image = tf.cast(augmentation.apply(image, aug_seed), tf.float32)
     return eval_lib.to_unit_range(image)
 
 
 def preprocess_for_train(image_bytes, image_size: int, seed, resize_method: str = "bicubic",
-                         rule: CropRule | str = "v1", augment_name: str | None = None,
-                         randaug_num_layers: int = 2, randaug_magnitude: float = 10,
+                         rule: CropRule | str = "v1", augmentation: augment.Augment | None = None,
                          random_flip: bool = True, **crop_kwargs):
     """decode_for_train then finish_for_train (crop_kwargs: area_range, aspect_ratio_range,
     max_attempts, min_object_covered)."""
     check_resize_method(resize_method)
     crop_seed, finish_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = decode_for_train(image_bytes, image_size, crop_seed, rule, **crop_kwargs)
-    return finish_for_train(image, image_size, finish_seed, resize_method, rule, augment_name,
-                            randaug_num_layers, randaug_magnitude, random_flip)
+    return finish_for_train(image, image_size, finish_seed, resize_method, rule, augmentation,
+                            random_flip)
 
 
 def decode_for_eval(image_bytes, image_size: int, rule: CropRule | str = "v1"):
