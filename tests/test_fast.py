@@ -177,6 +177,7 @@ print(json.dumps({"onednn": onednn_enabled(), "ops": {str(k): v for k, v in ops.
 """
 
 
+@pytest.mark.integration  # a fresh TensorFlow process per setting
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_fused_batchnorm_inference_avoids_the_fused_kernel_under_onednn(onednn):
     """Under oneDNN the inference path is Keras' (conv + FusedBatchNorm fused by oneDNN took

