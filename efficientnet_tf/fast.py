@@ -85,7 +85,7 @@ class FoldedModel(tf.Module):
 
     # Why constants: oneDNN's fused convolution re-lays-out a filter it cannot prove constant
     # on every call (docs/performance.md).
-    def __init__(self, model: keras.Model, name=None, constants: bool = False):
+    def __init__(self, model: keras.Model, name: str | None = None, constants: bool = False):
         super().__init__(name=name or f"{model.name.replace('-', '_')}_folded")
         if len(model.inputs) != 1:
             raise ValueError(f"FoldedModel needs a single-input model, {model.name} has "
