@@ -112,7 +112,7 @@ def resolve_precision(setting: str, kind: str) -> str:
 
 def resolve_jit(setting: Optional[bool], kind: str) -> Optional[bool]:
     """XLA for the train and eval steps. TPU always compiles (None: leave it to TPUStrategy);
-    GPU on; CPU off unless asked (B0 measured ~5x slower with XLA on CPU here)."""
+    GPU on; CPU off unless asked (slower on CPU: docs/training.md)."""
     if kind == "tpu":
         return None
     if setting is None:
