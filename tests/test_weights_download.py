@@ -31,6 +31,8 @@ from test_weights_keras_files import keras_reference
 from test_weights_roundtrip import _ema_extras, trained_like
 from weights_server import WeightsServer, closed_port
 
+pytestmark = pytest.mark.integration  # a loopback HTTP server
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
 IMAGES = np.random.default_rng(7).uniform(0, 1, (2, SIZE, SIZE, 3)).astype("float32")
