@@ -97,6 +97,9 @@ def v2_archive(served):
 def cache(tmp_path, monkeypatch, served):
     """A fresh $EFFICIENTNET_TF_HOME and the mirror pointed at the loopback server."""
     home = tmp_path / "home"
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):  # the loopback server directly
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.setenv(download.HOME_ENV, str(home))
     monkeypatch.setenv(download.MIRROR_ENV, served["server"].url)
     return home
