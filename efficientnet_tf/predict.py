@@ -2,17 +2,17 @@
 
 Images are file paths, encoded bytes (JPEG, PNG, GIF, BMP; other formats PIL reads) or decoded
 arrays (grayscale, RGB or RGBA; uint8 0-255 or float [0, 1]). Evaluation preprocessing is the
-variant's own (``efficientnet_tf.preprocessing``: centre crop, resize method, size), so encoded
-bytes give exactly what the exported serving signature gives -- except JPEGs whose EXIF
-orientation tag asks for a rotation: TF's decoders ignore EXIF, so those are decoded with PIL and
-turned upright (``ImageOps.exif_transpose``) before the same crop and resize.
+loaded weight set's, else the variant's (``efficientnet_tf.preprocessing``: centre crop, resize
+method, size), so encoded bytes give exactly what the exported serving signature gives -- except
+JPEGs whose EXIF orientation tag asks for a rotation: TF's decoders ignore EXIF, so those are
+decoded with PIL and turned upright (``ImageOps.exif_transpose``) before the same crop and resize.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -51,13 +51,14 @@ def _pil_image(data: bytes):
         return None
 
 
-def preprocess_image(image: ImageInput, model_name: str) -> np.ndarray:
-    """One image -> float32 [S, S, 3] in [0, 1], evaluation preprocessing of ``model_name``."""
+def preprocess_image(image: ImageInput, model_name: str, weights: Optional[Mapping[str, object]] = None) -> np.ndarray:
+    """One image -> float32 [S, S, 3] in [0, 1], evaluation preprocessing of ``model_name``, or of
+    the weight set ``weights`` records (``model_spec(model).weights``) when given."""
     import tensorflow as tf
 
     from efficientnet_tf import preprocessing
 
-    config = preprocessing.eval_config(model_name)
+    config = preprocessing.eval_config(model_name, weights=weights)
     if isinstance(image, (str, os.PathLike)):
         label, data = repr(os.fspath(image)), read_image_file(image)
     elif isinstance(image, (bytes, bytearray)):
@@ -109,9 +110,9 @@ def predict_top_k(model, images: Sequence[ImageInput], k: int = 5, class_names=N
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if len(model.output.shape) != 2:
         raise ValueError(f"{model.name!r} has no classifier (include_top=False); build it with include_top=True")
-    variant = model_spec(model).variant
+    spec = model_spec(model)
     names = _class_names(model, class_names)
-    batch = np.stack([preprocess_image(image, variant) for image in images])
+    batch = np.stack([preprocess_image(image, spec.variant, spec.weights) for image in images])
     probabilities = _probabilities(model, batch)
     k = min(k, probabilities.shape[-1])
     results = []

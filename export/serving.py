@@ -24,7 +24,7 @@ from typing import List
 import tensorflow as tf
 
 from efficientnet_tf.fast import FoldedModel
-from efficientnet_tf.preprocessing import eval_config, preprocess_bytes, preprocess_bytes_batch
+from efficientnet_tf.preprocessing import preprocess_bytes, preprocess_bytes_batch
 from export import photos, progress, trace
 from export.exporter import Exporter
 from export.job import ExportJob
@@ -42,7 +42,7 @@ def weights_as_constants(job: ExportJob) -> bool:
 
 
 def _build(job: ExportJob):
-    config = eval_config(job.model_name, job.image_size)
+    config = job.eval_config()
     spec = job.input_spec()
     with progress.step("saved_model: folding batch norm and tracing the network"):
         # Inference only: BN folded into the convolutions (efficientnet_tf.fast), ~1.5x the
@@ -117,7 +117,7 @@ def verify(job: ExportJob, staging_dir: str) -> Verification:
 
         found = photos.load()
         if found:
-            config = eval_config(job.model_name, job.image_size)
+            config = job.eval_config()
             encoded = tf.constant([data for _, data in found])
             by_bytes = loaded.signatures["serving_bytes"](image_bytes=encoded)
             images = tf.stack([preprocess_bytes(data, config) for _, data in found])

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.preprocessing import eval_config, preprocess_array, resize, to_rgb, to_unit_range
+from efficientnet_tf.preprocessing import preprocess_array, resize, to_rgb, to_unit_range
 from export import photos, progress, trace
 from export.exporter import Exporter
 from export.job import QUANTIZE_MODES, ExportJob
@@ -86,7 +86,7 @@ def calibration_batch(job: ExportJob, images: Optional[Sequence] = None,
     installed packages. Each appears once with evaluation preprocessing; the rest of the
     ``count`` are random crops (35-100% of the shorter side) and mirror images of them.
     """
-    config = eval_config(job.model_name, job.image_size)
+    config = job.eval_config()
     decoded = []
     for item in (images if images is not None else [data for _, data in photos.load()]):
         if isinstance(item, (str, os.PathLike)):
