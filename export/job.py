@@ -55,6 +55,17 @@ class ExportJob:
 
         return eval_config(self.model_name, self.image_size, weights=weights_record(self.model))
 
+    def scores(self, logits):
+        """The class scores the exports report for ``logits`` (tensor or array): softmax, or a
+        sigmoid per class when the loaded weight set's head is multi-label (ImageNet-21k)."""
+        import tensorflow as tf
+
+        from efficientnet_tf.weights.pretrained import weights_record
+
+        if (weights_record(self.model) or {}).get("scores") == "sigmoid":
+            return tf.nn.sigmoid(logits)
+        return tf.nn.softmax(logits, axis=-1)
+
     def info(self) -> Dict[str, object]:
         """Facts written next to every export (and into the hub modules as an asset)."""
         import efficientnet_tf

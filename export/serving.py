@@ -10,7 +10,8 @@ holds the folded kernels and biases, not the Keras model's weights). Up to ``CON
 bytes of weights (every variant but V2-XL and L2) they are constants of the graph, so the
 SavedModel has no variables: under oneDNN that cut B0's CPU time per image at batch 1 on one
 thread from 128 to 38 ms (README, Benchmarks); larger models keep them as variables (a graph
-is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes], and for the
+is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes] (softmax; a sigmoid
+per class for a multi-label weight set, ImageNet-21k: ``ExportJob.scores``), and for the
 top-k (k = min(5, classes)) ``classes`` (int32), ``scores`` and ``class_names``. Bytes that
 are not an image fail the request with InvalidArgument naming the position in the batch; the
 model keeps serving.
@@ -59,7 +60,7 @@ def _build(job: ExportJob):
         # An empty batch would reach a batch-norm kernel that rejects it; answer it directly.
         scores = tf.cond(tf.shape(images)[0] > 0, lambda: logits(images),
                          lambda: tf.zeros([0, job.num_classes], tf.float32))
-        probabilities = tf.nn.softmax(scores, axis=-1)
+        probabilities = job.scores(scores)
         top = tf.math.top_k(probabilities, k=k)
         return {"probabilities": probabilities, "classes": top.indices, "scores": top.values,
                 "class_names": tf.gather(class_names, top.indices)}
@@ -107,7 +108,7 @@ def verify(job: ExportJob, staging_dir: str) -> Verification:
                      + ("none (weights as constants)" if constants else "the folded weights"))
         record.notes.append("saved_model weights: " + ("graph constants" if constants else
                             f"variables (over {CONSTANTS_LIMIT // 2**20} MiB)"))
-        expected = tf.nn.softmax(job.reference["logits"], axis=-1).numpy()
+        expected = job.scores(job.reference["logits"]).numpy()
         outputs = loaded.signatures["serving_default"](images=tf.constant(job.batch))
         record.close("serving_default/probabilities", expected, outputs["probabilities"], TF_TOLERANCE)
         top1 = outputs["classes"].numpy()[:, 0]

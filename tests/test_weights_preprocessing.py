@@ -103,3 +103,27 @@ def test_prediction_and_serving_bytes_follow_the_loaded_set(tmp_path):
     cropped = np.stack([preprocessing.preprocess_bytes(data, V2B0).numpy() for _, data in found])
     old_rule = tf.nn.log_softmax(model(cropped, training=False)).numpy()
     assert np.abs(old_rule - expected).max() > 20e-3  # the variant's V1 rule: 20x the tolerance off
+
+
+def test_imagenet21k_predictions_report_sigmoid_scores():
+    """automl's ImageNet-21k heads are multi-label (sigmoid loss): scores are sigmoid(logit),
+    the top-k is the softmax's."""
+    assert record(V2B0, "imagenet21k")["scores"] == "sigmoid"
+    assert {record(V2B0, tag)["scores"] for tag in ("imagenet", "imagenet21k-ft1k")} == {"softmax"}
+    model = efficientnet_tf.build_model(V2B0, classes=published.IMAGENET21K_CLASSES)  # a softmax layer on top
+    found = [data for _, data in photos.load()[:2]]
+    batch = np.stack([preprocess_image(data, V2B0, record(V2B0, "imagenet21k")) for data in found])
+    randomize_like_trained(model, batch)  # calibrated on the photos themselves: logits of order one
+    pretrained.remember(model, record(V2B0, "imagenet21k"))
+    logits = tf.keras.Model(model.input, model.get_layer("predictions").output)(batch).numpy().astype(np.float64)
+    top = predict_top_k(model, found, k=5)
+    for row, best in zip(logits, top):
+        order = np.argsort(-row, kind="stable")[:5]
+        assert [p["pred_label"] for p in best] == list(order)
+        np.testing.assert_allclose([p["pred_score"] for p in best], 1 / (1 + np.exp(-row[order])), rtol=1e-5)
+        assert best[0]["pred_class"] == efficientnet_tf.labels.class_names(published.IMAGENET21K_CLASSES)[order[0]]
+
+    from export.job import prepare
+
+    job = prepare(model)  # what every exporter's probabilities come from
+    np.testing.assert_allclose(job.scores(logits[:1]).numpy(), 1 / (1 + np.exp(-logits[:1])), rtol=1e-6)

@@ -63,6 +63,12 @@ EVAL_RULES: Dict[str, Optional[Dict[str, object]]] = {
     "automl-ft": {"crop_padding": 0, "crop_below": None, "resize_method": "bilinear", "legacy": False},
 }
 
+# How a set's logits become scores: softmax (one class per image), or sigmoid for heads trained
+# multi-label. automl README "Jul19/2021: Updated ImageNet21k sigmoid-loss checkpoints, for
+# multi-class pseudo labeling"; datasets.py ImageNet21kInput multiclass=True and main.py's
+# loss_type 'sigmoid' / metric_fn tf.nn.sigmoid(logits). Top-k is the same either way.
+SCORES = ("softmax", "sigmoid")
+
 TAGS = ("baseline", "autoaugment", "randaugment", "advprop", "noisy-student", "noisy-student-475",
         "imagenet21k", "imagenet21k-ft1k", "keras", "imagenet")
 DEFAULT_TAG = "imagenet"
@@ -85,6 +91,7 @@ class WeightSet:
     normalization: str = "model"
     labels: str = "imagenet"
     eval_rule: str = "model"  # a key of EVAL_RULES
+    scores: str = "softmax"  # a key of SCORES: how logits become the scores predictions report
 
     def image_size(self) -> int:
         return self.resolution or cfg.get_variant(self.variant).resolution
@@ -121,7 +128,7 @@ class WeightSet:
         return {"tag": self.tag, "variant": self.variant, "url": url, "source": self.source,
                 "published_hash": digest, "classes": self.classes, "resolution": self.image_size(),
                 "normalization": self.normalization, "mean_rgb": list(mean), "stddev_rgb": list(std),
-                "labels": self.labels, "eval_preprocessing": self.eval_preprocessing()}
+                "labels": self.labels, "eval_preprocessing": self.eval_preprocessing(), "scores": self.scores}
 
 
 _TABLE: List[WeightSet] = []
@@ -168,7 +175,7 @@ for _v in _V2:
 for _v in _V2 + ["efficientnetv2-xl"]:
     _add(_v, "imagenet21k", f"{V2_BASE}/{_v}-21k.tgz", "tgz", "google/automl",
          classes=IMAGENET21K_CLASSES, resolution=224, normalization="v2", labels="imagenet21k",
-         eval_rule="automl")
+         eval_rule="automl", scores="sigmoid")
     _add(_v, "imagenet21k-ft1k", f"{V2_BASE}/{_v}-21k-ft1k.tgz", "tgz", "google/automl",
          normalization="inception", eval_rule="automl-ft")  # ImagenetFt: augname 'ft' -> (x/255 - 0.5)/0.5
 
@@ -252,5 +259,5 @@ def all_sets() -> List[WeightSet]:
     return list(_TABLE)
 
 
-__all__ = ["DEFAULTS", "DEFAULT_TAG", "EVAL_RULES", "IMAGENET21K_CLASSES", "NORMALIZATIONS", "TAGS", "WEIGHT_SETS",
+__all__ = ["DEFAULTS", "DEFAULT_TAG", "EVAL_RULES", "IMAGENET21K_CLASSES", "NORMALIZATIONS", "SCORES", "TAGS", "WEIGHT_SETS",
            "WeightSet", "all_sets", "by_url", "tags_of", "weight_set"]
