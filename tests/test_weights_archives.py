@@ -223,3 +223,33 @@ def test_automl_uniquified_head_scope_loads(tmp_path):
     report = efficientnet_tf.load_weights(loaded, prefix)  # strict: every name has its place
     assert report.ok and report.loaded == len(loaded.weights)
     check_equal(logits(model), logits(loaded))
+
+
+def test_unpacking_without_tarfiles_data_filter(tmp_path, monkeypatch):
+    """Pythons before 3.10.12 / 3.11.4 have no tarfile.data_filter (PEP 706): the fallback
+    refuses members that would land outside the folder and skips links."""
+    from efficientnet_tf.weights import pretrained
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    good = io.BytesIO()
+    with tarfile.open(fileobj=good, mode="w:gz") as tar:
+        for name, data in (("a/model.ckpt.index", b"x"), ("a/sub/file", b"yy")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o4755
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("a/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    (tmp_path / "good.tgz").write_bytes(good.getvalue())
+    pretrained.unpack(str(tmp_path / "good.tgz"), str(tmp_path / "out"), "test")
+    assert (tmp_path / "out" / "a" / "sub" / "file").read_bytes() == b"yy"
+    assert not os.path.lexists(tmp_path / "out" / "a" / "link")
+    assert os.stat(tmp_path / "out" / "a" / "model.ckpt.index").st_mode & 0o7777 == 0o644
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        info = tarfile.TarInfo("../escaped")
+        tar.addfile(info, io.BytesIO(b""))
+    (tmp_path / "evil.tar").write_bytes(evil.getvalue())
+    with pytest.raises(pretrained.ArchiveError, match="outside the folder"):
+        pretrained.unpack(str(tmp_path / "evil.tar"), str(tmp_path / "out2"), "test")
+    assert not (tmp_path / "escaped").exists()

@@ -180,7 +180,7 @@ class ArchiveError(ValueError):
     """A downloaded file that does not unpack: truncated or not an archive (it is not kept)."""
 
 
-def _unpack(archive: str, target: str, label: str) -> None:
+def unpack(archive: str, target: str, label: str) -> None:
     """Extracts a tar(.gz) completely; a truncated or corrupt archive raises ArchiveError."""
     progress = download.Progress(f"Unpacking {label}", os.path.getsize(archive))
     try:
@@ -238,7 +238,7 @@ def archive_tensors(model, path: str, label: str, tolerant: bool = False) -> Dic
     if tarfile.is_tarfile(path) or path.endswith((".tar.gz", ".tgz", ".tar")):
         os.makedirs(os.path.join(download.home(), "tmp"), exist_ok=True)
         with tempfile.TemporaryDirectory(dir=os.path.join(download.home(), "tmp")) as tmp:
-            _unpack(path, tmp, label)
+            unpack(path, tmp, label)
             prefix = archive_checkpoint(tmp)
             if not tolerant:
                 return tf_checkpoint.tensors_from_checkpoint(model, prefix)[1]

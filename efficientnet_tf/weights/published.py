@@ -140,8 +140,15 @@ def _add(variant, tag, url, archive, source, **kw):
 
 # ---------------------------------------------------------------- tensorflow/tpu V1
 # README table "Using Pretrained EfficientNet Checkpoints": baseline B0-B5, AutoAugment B0-B7,
-# RandAugment B5/B7, AdvProp + AA B0-B8, NoisyStudent + RA B0-B7, L2-475 and L2. Each archive
-# unpacks to NAME/ with a `checkpoint` file (README: `tar xf ${MODEL}.tar.gz`, --ckpt_dir=$MODEL).
+# RandAugment B5/B7, AdvProp + AA B0-B8, NoisyStudent + RA B0-B7, L2-475 and L2. The archives
+# unpack to one folder holding the checkpoint (README: `tar xf ${MODEL}.tar.gz`, --ckpt_dir=$MODEL),
+# but the folder is not always the file's name: NoisyStudent B0 gives noisy_student_efficientnet-b0/,
+# B1/B2/B4 give noisy-student-efficientnet-bN/ (tensorflow/tpu#922), so the loader searches the
+# whole archive (tf_checkpoint.find_checkpoint) instead of expecting NAME/.
+# Not in the table: randaug/efficientnet-b8-randaug.tar.gz (85.4%). The README listed it from
+# commit fd9509d (2020-01-28, "Add randaug B8 checkpoint") until 9e9110f (2020-09-03, "Update
+# README for RandAug."), which re-measured the RandAugment rows (B5 83.9 -> 83.7%, B7 85.0 ->
+# 84.7%) and dropped B8; no official README or code lists it since.
 _B = [f"efficientnet-b{i}" for i in range(9)]
 for _v in _B[:6]:
     _add(_v, "baseline", f"{TPU_BASE}/ckpts/{_v}.tar.gz", "tar.gz", "tensorflow/tpu")
