@@ -8,7 +8,10 @@ import functools
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 
+from efficientnet_tf.preprocessing import eval_config
+from efficientnet_tf.weights.pretrained import weights_record
 from export import photos
 
 QUANTIZE_MODES = ("int8",)
@@ -32,8 +35,6 @@ class ExportJob:
     spec: object = None  # efficientnet_tf.spec.ModelSpec of the model
 
     def input_spec(self, batch: Optional[int] = None):
-        import tensorflow as tf
-
         return tf.TensorSpec([batch, *self.input_hw, 3], tf.float32, name="images")
 
     @functools.cached_property
@@ -50,18 +51,11 @@ class ExportJob:
     def eval_config(self):
         """The evaluation preprocessing at :attr:`image_size`: the loaded weight set's rule
         (automl's 21k-ft1k sets resize uncropped), else the variant's."""
-        from efficientnet_tf.preprocessing import eval_config
-        from efficientnet_tf.weights.pretrained import weights_record
-
         return eval_config(self.model_name, self.image_size, weights=weights_record(self.model))
 
     def scores(self, logits):
         """The class scores the exports report for ``logits`` (tensor or array): softmax, or a
         sigmoid per class when the loaded weight set's head is multi-label (ImageNet-21k)."""
-        import tensorflow as tf
-
-        from efficientnet_tf.weights.pretrained import weights_record
-
         if (weights_record(self.model) or {}).get("scores") == "sigmoid":
             return tf.nn.sigmoid(logits)
         return tf.nn.softmax(logits, axis=-1)
@@ -70,7 +64,6 @@ class ExportJob:
         """Facts written next to every export (and into the hub modules as an asset)."""
         import efficientnet_tf
         from efficientnet_tf.spec import model_spec
-        from efficientnet_tf.weights.pretrained import weights_record
 
         info = efficientnet_tf.model_info(self.model_name)
         pre = self.eval_config()
@@ -123,7 +116,6 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
     import efficientnet_tf
     from efficientnet_tf import labels
     from efficientnet_tf.spec import ENDPOINT_LOGITS
-    from efficientnet_tf.weights.pretrained import weights_record
 
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a keras.Model built by efficientnet_tf, got {type(model).__name__}")
