@@ -49,8 +49,8 @@ def tensors_from_path(model, path: str) -> Tuple[Dict[str, np.ndarray], str]:
         scope, tensors = tf_checkpoint.tensors_from_checkpoint(model, prefix)
         return tensors, f"TF checkpoint {prefix!r} (scope {scope!r})"
     if os.path.isdir(path):
-        raise ValueError(f"{path!r} is a directory without a TF checkpoint (no *.index / 'checkpoint' file); "
-                         f"expected {SOURCES_HELP}")
+        raise ValueError(f"{path!r} is a directory without a TF checkpoint (no complete NAME.index + "
+                         f"NAME.data-* pair); expected {SOURCES_HELP}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"Weights source {path!r} does not exist (and is not a TF checkpoint prefix: "
                                 f"no {path + '.index'!r}); expected {SOURCES_HELP}")
