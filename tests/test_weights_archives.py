@@ -198,6 +198,7 @@ def test_find_checkpoint_rules(tmp_path):
 
 
 # ------------------------------------------------------------------ scopes
+@pytest.mark.integration  # builds and randomizes two models (~6 s)
 def test_several_scopes_pick_the_variant_or_name_them(tmp_path):
     model = trained_like("efficientnet-b0")
     tensors = training_tensors(model)
@@ -212,6 +213,7 @@ def test_several_scopes_pick_the_variant_or_name_them(tmp_path):
         tf_checkpoint.read_for_model(lite, prefix)
 
 
+@pytest.mark.integration  # builds and randomizes two models (~6 s)
 def test_automl_uniquified_head_scope_loads(tmp_path):
     """A checkpoint from automl's own graph-mode training names the classifier head_1/dense."""
     model = trained_like("efficientnetv2-b0")

@@ -105,6 +105,7 @@ def test_prediction_and_serving_bytes_follow_the_loaded_set(tmp_path):
     assert np.abs(old_rule - expected).max() > 20e-3  # the variant's V1 rule: 20x the tolerance off
 
 
+@pytest.mark.integration  # a 21,843-class model (~5 s)
 def test_imagenet21k_predictions_report_sigmoid_scores():
     """automl's ImageNet-21k heads are multi-label (sigmoid loss): scores are sigmoid(logit),
     the top-k is the softmax's."""
