@@ -6,6 +6,7 @@ serving_bytes take the rule from the loaded set; checked on real photographs aga
 rule written out here with TF ops.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -60,6 +61,8 @@ def test_model_info_takes_the_rule_of_the_set():
     assert efficientnet_tf.model_info("efficientnet-b0", weights="advprop")["eval_crop_fraction"] == 224 / 256
     rules = {(w.tag, w.eval_rule) for w in published.all_sets() if w.eval_rule != "model"}
     assert rules == {("imagenet21k", "automl"), ("imagenet21k-ft1k", "automl-ft")}
+    with pytest.raises(ValueError, match="unknown eval_rule 'automl-v3'; valid: model, automl, automl-ft"):
+        dataclasses.replace(published.weight_set(V2B0, "imagenet"), eval_rule="automl-v3")
 
 
 @pytest.mark.parametrize("tag", ["imagenet21k-ft1k", "imagenet21k"])

@@ -93,6 +93,12 @@ class WeightSet:
     eval_rule: str = "model"  # a key of EVAL_RULES
     scores: str = "softmax"  # a key of SCORES: how logits become the scores predictions report
 
+    def __post_init__(self):
+        for field, value, valid in (("normalization", self.normalization, NORMALIZATIONS),
+                                    ("eval_rule", self.eval_rule, EVAL_RULES), ("scores", self.scores, SCORES)):
+            if value not in valid:
+                raise ValueError(f"{self.variant} {self.tag!r}: unknown {field} {value!r}; valid: {', '.join(valid)}")
+
     def image_size(self) -> int:
         return self.resolution or cfg.get_variant(self.variant).resolution
 
