@@ -255,3 +255,29 @@ def test_unpacking_without_tarfiles_data_filter(tmp_path, monkeypatch):
     with pytest.raises(pretrained.ArchiveError, match="outside the folder"):
         pretrained.unpack(str(tmp_path / "evil.tar"), str(tmp_path / "out2"), "test")
     assert not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.integration
+def test_loaded_set_records_its_rule_even_from_an_older_cache(cache, served):  # noqa: F811
+    """weights="imagenet21k-ft1k" records the set's evaluation rule on the model; a conversion
+    cached before the rule existed gets the table's facts on the next load."""
+    import json
+
+    from efficientnet_tf.weights import pretrained
+
+    model = trained_like("efficientnetv2-b0")
+    serve(served, "efficientnetv2-b0", "imagenet21k-ft1k",
+          build_archive("efficientnetv2-b0-21k-ft1k", {"model.ckpt": training_tensors(model),
+                                                      "checkpoint": STATE.format("model.ckpt")}))
+    first = efficientnet_tf.build_model("efficientnetv2-b0", weights="imagenet21k-ft1k", classifier_activation=None)
+    assert pretrained.weights_record(first)["eval_preprocessing"]["crop_fraction"] == 1.0
+    converted = os.path.join(cache, "converted", "efficientnetv2-b0", "imagenet21k-ft1k.weights.h5")
+    record = json.load(open(converted + ".json"))
+    for key in ("eval_preprocessing", "scores"):
+        del record["weights"][key]
+    download.write_record(converted, record)
+    again = efficientnet_tf.build_model("efficientnetv2-b0", weights="imagenet21k-ft1k", classifier_activation=None)
+    got = pretrained.weights_record(again)
+    assert got["eval_preprocessing"]["resize_method"] == "bilinear" and got["scores"] == "softmax"
+    assert got["sha256"] == record["weights"]["sha256"]
+    check_equal(logits(first), logits(again))

@@ -295,7 +295,10 @@ def _source_tensors(model, resolved: Resolved):
     if os.path.exists(converted):
         problem = download.verify_cached(converted)
         if problem is None:
-            record = (download.read_record(converted) or {}).get("weights") or resolved.record()
+            cached = (download.read_record(converted) or {}).get("weights") or {}
+            # the table's facts as they are now (a cache written before a rule was added lacks it),
+            # with what the conversion recorded about the file
+            record = dict(resolved.record(), **{k: cached[k] for k in ("sha256",) if k in cached})
             return (keras_files.read_keras_file(converted, model), f"{resolved.describe()}, cached {converted}",
                     record, None)
         print(f"{converted}: {problem}; converting again", file=sys.stderr)
