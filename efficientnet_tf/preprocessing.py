@@ -1,7 +1,8 @@
 """Evaluation preprocessing as small pure TF functions: image in, float32 [S, S, 3] in [0, 1] out.
 
 Shared by the exporters (the serving signature on encoded bytes), prediction and the trainer's
-evaluation. Each variant's rule comes from ``efficientnet_tf.model_info``:
+evaluation. Each variant's rule comes from ``efficientnet_tf.model_info``, and a weight set
+may bring its own (``eval_config(name, weights=record)``; automl's 21k and 21k-ft1k sets):
 
 - centre crop of ``S / (S + crop_padding)`` of the shorter side (``eval_crop_fraction`` at the
   variant's resolution), skipped when ``S >= crop_below`` (V2-S/M/L/XL at 384+ px);
@@ -22,11 +23,11 @@ input convention; the network's own ``preprocessing`` layer normalizes from ther
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import tensorflow as tf
 
-from efficientnet_tf.config import get_variant
+from efficientnet_tf.config import eval_crop_fraction, get_variant
 
 RESIZE_METHODS = ("bicubic", "bilinear")
 _MAGIC = {  # first bytes of the formats tf.io.decode_image reads
@@ -55,17 +56,26 @@ class EvalConfig:
             raise ValueError(f"Unknown resize_method {self.resize_method!r}; valid: {list(RESIZE_METHODS)}")
 
 
-def eval_config(model_name: str, image_size: Optional[int] = None) -> EvalConfig:
+def eval_config(model_name: str, image_size: Optional[int] = None,
+                weights: Optional[Mapping[str, object]] = None) -> EvalConfig:
     """The evaluation rule of a variant, at its resolution or at ``image_size``.
 
-    At the variant's resolution the crop fraction equals ``model_info(name)['eval_crop_fraction']``;
-    at another size the official formula is applied to that size.
+    ``weights``: the record of a loaded weight set (``model_spec(model).weights``, or
+    ``model_info(name, weights=TAG)["weights"]``); its ``eval_preprocessing`` and resolution take
+    the place of the variant's (automl evaluates its 21k-ft1k sets uncropped, for example).
+    At the rule's resolution the crop fraction equals ``model_info(...)['eval_crop_fraction']``;
+    at another size the official formula is applied to that size. Raises ValueError for an
+    unknown variant or a size that is not a positive integer.
     """
-
     variant = get_variant(model_name)
-    size = variant.resolution if image_size is None else image_size
+    rule = (weights or {}).get("eval_preprocessing")
+    default_size = (weights or {}).get("resolution") or variant.resolution
+    size = default_size if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    if rule:
+        fraction = eval_crop_fraction(size, rule["crop_padding"], rule["crop_below"])
+        return EvalConfig(size, fraction, rule["resize_method"], legacy=bool(rule["legacy"]))
     # automl's V2-S/M/L/XL pipeline is the only non-legacy one (it is also the only one with
     # crop_below); V2-B0..B3 were trained with the legacy V1 recipe.
     return EvalConfig(size, variant.eval_crop_fraction(size), variant.resize_method,

@@ -8,7 +8,10 @@ import functools
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 
+from efficientnet_tf.preprocessing import eval_config
+from efficientnet_tf.weights.pretrained import weights_record
 from export import photos
 
 QUANTIZE_MODES = ("int8",)
@@ -32,8 +35,6 @@ class ExportJob:
     spec: object = None  # efficientnet_tf.spec.ModelSpec of the model
 
     def input_spec(self, batch: Optional[int] = None):
-        import tensorflow as tf
-
         return tf.TensorSpec([batch, *self.input_hw, 3], tf.float32, name="images")
 
     @functools.cached_property
@@ -47,15 +48,25 @@ class ExportJob:
         outputs = self.endpoints(self.batch, training=False)
         return {k: np.asarray(v) for k, v in outputs.items()}
 
+    def eval_config(self):
+        """The evaluation preprocessing at :attr:`image_size`: the loaded weight set's rule
+        (automl's 21k-ft1k sets resize uncropped), else the variant's."""
+        return eval_config(self.model_name, self.image_size, weights=weights_record(self.model))
+
+    def scores(self, logits):
+        """The class scores the exports report for ``logits`` (tensor or array): softmax, or a
+        sigmoid per class when the loaded weight set's head is multi-label (ImageNet-21k)."""
+        if (weights_record(self.model) or {}).get("scores") == "sigmoid":
+            return tf.nn.sigmoid(logits)
+        return tf.nn.softmax(logits, axis=-1)
+
     def info(self) -> Dict[str, object]:
         """Facts written next to every export (and into the hub modules as an asset)."""
         import efficientnet_tf
-        from efficientnet_tf.preprocessing import eval_config
         from efficientnet_tf.spec import model_spec
-        from efficientnet_tf.weights.pretrained import weights_record
 
         info = efficientnet_tf.model_info(self.model_name)
-        pre = eval_config(self.model_name, self.image_size)
+        pre = self.eval_config()
         return {
             "model_name": self.model_name,
             "default_image_size": [self.image_size, self.image_size],
@@ -105,7 +116,6 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
     import efficientnet_tf
     from efficientnet_tf import labels
     from efficientnet_tf.spec import ENDPOINT_LOGITS
-    from efficientnet_tf.weights.pretrained import weights_record
 
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a keras.Model built by efficientnet_tf, got {type(model).__name__}")
@@ -151,9 +161,9 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
 
 def reference_batch(job: ExportJob, max_photos: int = 4) -> np.ndarray:
     """Real photographs (evaluation preprocessing) + one image of seeded noise."""
-    from efficientnet_tf.preprocessing import eval_config, preprocess_bytes
+    from efficientnet_tf.preprocessing import preprocess_bytes
 
-    config = eval_config(job.model_name, job.image_size)
+    config = job.eval_config()
     images = [preprocess_bytes(data, config).numpy() for _, data in photos.load()[:max_photos]]
     rng = np.random.default_rng(20190528)  # fixed: the batch must be the same in every run
     images.append(rng.uniform(0.0, 1.0, (job.image_size, job.image_size, 3)))

@@ -9,7 +9,8 @@ The graph is the BN-folded inference graph of ``efficientnet_tf.fast.FoldedModel
 holds the folded kernels and biases, not the Keras model's weights). Up to ``CONSTANTS_LIMIT``
 bytes of weights (every variant but V2-XL and L2) they are constants of the graph, so the
 SavedModel has no variables (faster under oneDNN: docs/performance.md); larger models keep
-them as variables (a graph is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes], and for the
+them as variables (a graph is a protobuf, at most 2 GB). Both return ``probabilities`` [batch, classes] (softmax; a sigmoid
+per class for a multi-label weight set, ImageNet-21k: ``ExportJob.scores``), and for the
 top-k (k = min(5, classes)) ``classes`` (int32), ``scores`` and ``class_names``. Bytes that
 are not an image fail the request with InvalidArgument naming the position in the batch; the
 model keeps serving.
@@ -23,7 +24,7 @@ from typing import List
 import tensorflow as tf
 
 from efficientnet_tf.fast import FoldedModel
-from efficientnet_tf.preprocessing import eval_config, preprocess_bytes, preprocess_bytes_batch
+from efficientnet_tf.preprocessing import preprocess_bytes, preprocess_bytes_batch
 from export import photos, progress, trace
 from export.exporter import Exporter
 from export.job import ExportJob
@@ -41,7 +42,7 @@ def weights_as_constants(job: ExportJob) -> bool:
 
 
 def _build(job: ExportJob):
-    config = eval_config(job.model_name, job.image_size)
+    config = job.eval_config()
     spec = job.input_spec()
     with progress.step("saved_model: folding batch norm and tracing the network"):
         # Inference only: BN folded into the convolutions (efficientnet_tf.fast), ~1.5x the
@@ -58,7 +59,7 @@ def _build(job: ExportJob):
         # An empty batch would reach a batch-norm kernel that rejects it; answer it directly.
         scores = tf.cond(tf.shape(images)[0] > 0, lambda: logits(images),
                          lambda: tf.zeros([0, job.num_classes], tf.float32))
-        probabilities = tf.nn.softmax(scores, axis=-1)
+        probabilities = job.scores(scores)
         top = tf.math.top_k(probabilities, k=k)
         return {"probabilities": probabilities, "classes": top.indices, "scores": top.values,
                 "class_names": tf.gather(class_names, top.indices)}
@@ -106,7 +107,7 @@ def verify(job: ExportJob, staging_dir: str) -> Verification:
                      + ("none (weights as constants)" if constants else "the folded weights"))
         record.notes.append("saved_model weights: " + ("graph constants" if constants else
                             f"variables (over {CONSTANTS_LIMIT // 2**20} MiB)"))
-        expected = tf.nn.softmax(job.reference["logits"], axis=-1).numpy()
+        expected = job.scores(job.reference["logits"]).numpy()
         outputs = loaded.signatures["serving_default"](images=tf.constant(job.batch))
         record.close("serving_default/probabilities", expected, outputs["probabilities"], TF_TOLERANCE)
         top1 = outputs["classes"].numpy()[:, 0]
@@ -116,7 +117,7 @@ def verify(job: ExportJob, staging_dir: str) -> Verification:
 
         found = photos.load()
         if found:
-            config = eval_config(job.model_name, job.image_size)
+            config = job.eval_config()
             encoded = tf.constant([data for _, data in found])
             by_bytes = loaded.signatures["serving_bytes"](image_bytes=encoded)
             images = tf.stack([preprocess_bytes(data, config) for _, data in found])

@@ -1,7 +1,7 @@
 """Format ``tflite``: ``DIR/model.tflite`` for phones (Lite variants are the main targets).
 
-One image per call: input [1, S, S, 3]; output the class probabilities (softmax) or, for a
-model without classifier, the pooled features.
+One image per call: input [1, S, S, 3]; output the class scores (softmax, or sigmoid for a
+multi-label weight set: ImageNet-21k) or, for a model without classifier, the pooled features.
 
 - float32: inputs float32 in [0, 1].
 - ``quantize="int8"``: full-integer quantization (every op int8, TFLITE_BUILTINS_INT8) with
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.preprocessing import eval_config, preprocess_array, resize, to_rgb, to_unit_range
+from efficientnet_tf.preprocessing import preprocess_array, resize, to_rgb, to_unit_range
 from export import photos, progress, trace
 from export.exporter import Exporter
 from export.job import QUANTIZE_MODES, ExportJob
@@ -86,7 +86,7 @@ def calibration_batch(job: ExportJob, images: Optional[Sequence] = None,
     installed packages. Each appears once with evaluation preprocessing; the rest of the
     ``count`` are random crops (35-100% of the shorter side) and mirror images of them.
     """
-    config = eval_config(job.model_name, job.image_size)
+    config = job.eval_config()
     decoded = []
     for item in (images if images is not None else [data for _, data in photos.load()]):
         if isinstance(item, (str, os.PathLike)):
@@ -136,7 +136,7 @@ def convert(job: ExportJob, quantize: Optional[str] = None,
 
     def predict(images):
         outputs = endpoints(images, training=False)
-        return tf.nn.softmax(outputs["logits"], axis=-1) if classifier else outputs["pooled_features"]
+        return job.scores(outputs["logits"]) if classifier else outputs["pooled_features"]
 
     with progress.step("tflite: tracing and freezing the network"):
         converter = converter_for(predict, job.image_size)
@@ -192,7 +192,7 @@ def verify(job: ExportJob, staging_dir: str) -> Verification:
                      f"Unexpected input {inp['dtype']} {inp['shape']}")
         actual = run(interp, job.batch)
     if job.num_classes:
-        key, expected = "probabilities", tf.nn.softmax(job.reference["logits"], axis=-1).numpy()
+        key, expected = "probabilities", job.scores(job.reference["logits"]).numpy()
         tolerance = INT8_TOLERANCE if quantize else FLOAT_TOLERANCE
     else:
         key, expected = "pooled_features", job.reference["pooled_features"]

@@ -31,6 +31,8 @@ from test_weights_keras_files import keras_reference
 from test_weights_roundtrip import _ema_extras, trained_like
 from weights_server import WeightsServer, closed_port
 
+pytestmark = pytest.mark.integration  # a loopback HTTP server
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
 IMAGES = np.random.default_rng(7).uniform(0, 1, (2, SIZE, SIZE, 3)).astype("float32")
@@ -95,6 +97,9 @@ def v2_archive(served):
 def cache(tmp_path, monkeypatch, served):
     """A fresh $EFFICIENTNET_TF_HOME and the mirror pointed at the loopback server."""
     home = tmp_path / "home"
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):  # the loopback server directly
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.setenv(download.HOME_ENV, str(home))
     monkeypatch.setenv(download.MIRROR_ENV, served["server"].url)
     return home

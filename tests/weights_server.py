@@ -4,18 +4,23 @@ storage.googleapis.com lays them out (tests point $EFFICIENTNET_TF_WEIGHTS_MIRRO
 Knobs for the failure cases: ``range_support`` (honour ``Range: bytes=N-`` with 206, or ignore it
 like servers without Range support), ``drop_after[path] = n`` (announce the full length, send n
 bytes, close the connection; once), ``truncate[path] = n`` (serve only the first n bytes, with a
-matching Content-Length: a complete-looking transfer of a cut file). Every request is logged.
+matching Content-Length: a complete-looking transfer of a cut file). Every request is logged,
+and the peer address of each in ``peers``. ``tls=(certfile, keyfile)`` serves https;
+``only_from=ADDRESS`` answers 403 to every peer but that one (a proxy's outgoing address).
 """
 
 import http.server
 import socket
+import ssl
 import threading
 
 
 class WeightsServer:
-    def __init__(self, range_support=True):
+    def __init__(self, range_support=True, tls=None, only_from=None):
         self.files = {}
         self.range_support = range_support
+        self.only_from = only_from
+        self.peers = []  # (path, client address)
         self.drop_after = {}
         self.truncate = {}
         self.log = []  # (path, Range header or None, status)
@@ -33,12 +38,18 @@ class WeightsServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}"
 
     def requests(self, path):
         return [entry for entry in self.log if entry[0] == path]
@@ -46,6 +57,13 @@ class WeightsServer:
     def _serve(self, handler):
         path = handler.path.split("?")[0]
         requested = handler.headers.get("Range")
+        self.peers.append((path, handler.client_address[0]))
+        if self.only_from is not None and handler.client_address[0] != self.only_from:
+            self.log.append((path, requested, 403))
+            handler.send_response(403, "Direct connections refused")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
         with self.lock:
             data = self.files.get(path)
             if data is not None and path in self.truncate:

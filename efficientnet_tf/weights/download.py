@@ -11,21 +11,32 @@ Cache: ``$EFFICIENTNET_TF_HOME`` (default ``~/.cache/efficientnet_tf``)::
 URLs: ``http(s)://`` (HTTP Range resume where the server supports it), ``gs://`` (tf.io.gfile),
 ``file://``. Every file is written to ``<file>.part`` and renamed into place once complete and
 verified; the sha256 measured then is re-checked whenever the file is read again.
+
+Proxies: ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` (or lowercase) name an ``http://``
+proxy (``user:password@`` for Basic auth); https goes through it with CONNECT, http as absolute
+URIs; ``NO_PROXY`` hosts (suffixes, ``*``) connect directly -- the rules of Python's urllib and
+keras' ``get_file``. Server certificates are checked against the system store, or the bundle
+``SSL_CERT_FILE`` names (a company proxy that re-signs TLS needs its CA there).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import fcntl
 import hashlib
 import http.client
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.parse
 import urllib.request
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
+
+import tensorflow as tf
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 STALL_TIMEOUT = 60.0  # seconds without a byte before a transfer counts as stalled
@@ -145,8 +156,6 @@ def verify_cached(path: str, published_hash: Optional[str] = None) -> Optional[s
 @contextlib.contextmanager
 def lock(path: str) -> Iterator[None]:
     """An exclusive inter-process lock for ``path`` (the other processes wait)."""
-    import fcntl
-
     relative = os.path.relpath(os.path.abspath(path), home()).replace(os.sep, "__")
     lock_path = os.path.join(home(), "locks", relative + ".lock")
     os.makedirs(os.path.dirname(lock_path), exist_ok=True)
@@ -196,19 +205,74 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------- transfers
+PROXY_SCHEMES = ("http",)
+
+
+def proxy_for(url: str) -> Optional[str]:
+    """The proxy URL to reach ``url`` through (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``),
+    or None for a direct connection (no proxy set, or the host matches ``NO_PROXY``)."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    if urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    return proxy if "://" in proxy else "http://" + proxy
+
+
+def _open_connection(url: str, proxy: Optional[str]) -> Tuple[http.client.HTTPConnection, str, Dict[str, str]]:
+    """(connection, request target, extra headers) for one request to ``url``, through ``proxy``
+    when given: CONNECT for https (TLS end to end with the server), an absolute URI for http."""
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme == "https"
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    if proxy is None:
+        if https:
+            return (http.client.HTTPSConnection(parts.hostname, parts.port, timeout=CONNECT_TIMEOUT,
+                                                context=ssl.create_default_context()), target, {})
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=CONNECT_TIMEOUT), target, {}
+    via = urllib.parse.urlsplit(proxy)
+    if via.scheme not in PROXY_SCHEMES or not via.hostname:
+        raise DownloadError(f"Unsupported proxy {_safe(proxy)!r} for {url}: expected http://HOST:PORT "
+                            f"(valid proxy schemes: {', '.join(PROXY_SCHEMES)})")
+    auth = {}
+    if via.username is not None:
+        pair = f"{urllib.parse.unquote(via.username)}:{urllib.parse.unquote(via.password or '')}"
+        auth["Proxy-Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    if https:
+        connection = http.client.HTTPSConnection(via.hostname, via.port or 80, timeout=CONNECT_TIMEOUT,
+                                                 context=ssl.create_default_context())
+        connection.set_tunnel(parts.hostname, parts.port or 443, headers=auth)
+        return connection, target, {}
+    connection = http.client.HTTPConnection(via.hostname, via.port or 80, timeout=CONNECT_TIMEOUT)
+    return connection, url, auth
+
+
+def _safe(url: str) -> str:
+    """``url`` without its password (for messages)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def _http(url: str, part: str, label: str) -> None:
     """One attempt over HTTP(S), resuming ``part`` with a Range request when it exists."""
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        connection = connection_class(parts.hostname, parts.port, timeout=CONNECT_TIMEOUT)
+        proxy = proxy_for(url)
+        connection, target, headers = _open_connection(url, proxy)
+        via = f" (through the proxy {_safe(proxy)})" if proxy else ""
         have = os.path.getsize(part) if os.path.exists(part) else 0
-        headers = {"User-Agent": "efficientnet_tf", "Accept-Encoding": "identity"}
+        headers.update({"User-Agent": "efficientnet_tf", "Accept-Encoding": "identity"})
         if have:
             headers["Range"] = f"bytes={have}-"
         try:
-            connection.request("GET", urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")),
-                               headers=headers)
+            connection.request("GET", target, headers=headers)
             connection.sock.settimeout(STALL_TIMEOUT)
             response = connection.getresponse()
             if response.status in (301, 302, 303, 307, 308):
@@ -218,9 +282,9 @@ def _http(url: str, part: str, label: str) -> None:
                 os.remove(part)
                 raise _Transient("HTTP 416 for a resumed download; starting over")
             if response.status >= 500 or response.status == 429:
-                raise _Transient(f"HTTP {response.status} {response.reason}")
+                raise _Transient(f"HTTP {response.status} {response.reason}{via}")
             if response.status not in (200, 206):
-                raise DownloadError(f"HTTP {response.status} {response.reason} for {url}")
+                raise DownloadError(f"HTTP {response.status} {response.reason} for {url}{via}")
             if response.status == 200:
                 have = 0  # the server ignored the Range header: start over
             length = response.getheader("Content-Length")
@@ -234,10 +298,16 @@ def _http(url: str, part: str, label: str) -> None:
             if total is not None and os.path.getsize(part) != total:
                 raise _Transient(f"connection closed after {os.path.getsize(part)} of {total} bytes")
             return
+        except ssl.SSLCertVerificationError as err:  # retrying cannot help
+            raise DownloadError(f"{url}: the server's certificate is not trusted ({err.verify_message}){via}; "
+                                "a proxy that re-signs TLS needs its CA in the file $SSL_CERT_FILE names") from None
         except (http.client.HTTPException, socket.timeout, ConnectionError, OSError) as err:
             if isinstance(err, DownloadError):
                 raise
-            raise _Transient(f"{type(err).__name__}: {err}") from None
+            refused = str(err).startswith("Tunnel connection failed: 4")  # CONNECT answered 403, 407, ...
+            if refused:
+                raise DownloadError(f"{url}: the proxy {_safe(proxy)} refused the tunnel: {err}") from None
+            raise _Transient(f"{type(err).__name__}: {err}{via}") from None
         finally:
             connection.close()
     raise DownloadError(f"More than {MAX_REDIRECTS} redirects for {url}")
@@ -245,8 +315,6 @@ def _http(url: str, part: str, label: str) -> None:
 
 def _gfile(url: str, part: str, label: str) -> None:
     """One attempt through tf.io.gfile (gs://), resuming by seeking."""
-    import tensorflow as tf
-
     try:
         total = tf.io.gfile.stat(url).length
         have = os.path.getsize(part) if os.path.exists(part) else 0
@@ -336,10 +404,12 @@ def fetch(url: str, published_hash: Optional[str] = None, label: Optional[str] =
 def unavailable_message(url: str, dest: str, published_hash: Optional[str], reason: str) -> str:
     expected = f"expected {published_hash}" if published_hash else (
         "no size or hash is published for it; it is checked by unpacking it completely")
-    return (f"Cannot download {url}: {reason}. Offline or unreachable? Put the file there by hand: {dest} "
-            f"({expected}), or set ${MIRROR_ENV} to a mirror with the same paths "
+    proxy = proxy_for(url) if url.lower().startswith(("http://", "https://")) else None
+    route = f"through the proxy {_safe(proxy)}" if proxy else "directly (no HTTPS_PROXY/HTTP_PROXY applies)"
+    return (f"Cannot download {url} ({route}): {reason}. Offline or unreachable? Put the file there by hand: "
+            f"{dest} ({expected}), or set ${MIRROR_ENV} to a mirror with the same paths "
             f"(now {os.environ.get(MIRROR_ENV) or 'unset'}).")
 
 
 __all__ = ["DownloadError", "Progress", "cache_path", "fetch", "file_digest", "home", "is_url", "lock",
-           "mirrored", "read_record", "remove", "verify_cached", "write_record"]
+           "mirrored", "proxy_for", "read_record", "remove", "verify_cached", "write_record"]

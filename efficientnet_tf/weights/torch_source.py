@@ -12,6 +12,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from efficientnet_tf.weights import naming
+from efficientnet_tf.weights.core import model_variables
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -113,8 +114,6 @@ def state_dict_from_model(model, scheme: str = "timm") -> Dict[str, np.ndarray]:
         if fused:
             raise ValueError(f"efficientnet_pytorch naming has no Fused-MBConv blocks ({fused[0]}...); "
                              "use scheme='timm'")
-    from efficientnet_tf.weights.core import model_variables
-
     variables = model_variables(model)
     out = {}
     for theirs, (ours, layout) in naming.variable_table(model, scheme).items():
