@@ -7,7 +7,6 @@ small hand-made SavedModels for what our modules do not have (regularization los
 reusable API).
 """
 
-import os
 
 import keras
 import numpy as np
