@@ -69,6 +69,7 @@ def _pages(publish_dir):
     return sorted(os.path.relpath(os.path.join(r, f), docs) for r, _, files in os.walk(docs) for f in files)
 
 
+@pytest.mark.integration
 def test_cli_console_is_quiet_and_lists_the_packages(published):
     for fmt, (_, publish_dir, stdout, stderr) in published.items():
         assert log_lines(stdout + stderr) == [], (stdout + stderr)[-3000:]
@@ -79,6 +80,7 @@ def test_cli_console_is_quiet_and_lists_the_packages(published):
         assert re.search(r"^  \S.*: .* \(\d+\.\ds\)$", stderr, re.M), stderr
 
 
+@pytest.mark.integration
 def test_archives_hold_only_what_the_hub_accepts(published):
     tf2_dir, publish_dir = published["hub"][0], published["hub"][1]
     tf1_dir = published["hub_tf1"][0]
@@ -99,6 +101,7 @@ def test_archives_hold_only_what_the_hub_accepts(published):
     assert not [n for n in os.listdir(os.path.dirname(tf2_dir)) if n.startswith(".")]  # no staging left
 
 
+@pytest.mark.integration
 def test_archives_are_reproducible(published, tmp_path):
     """Both exports published again through the Python API; the TF1 archive and page are
     byte-identical to the CLI's."""
@@ -121,6 +124,7 @@ def test_archives_are_reproducible(published, tmp_path):
         assert f.read() == g.read()
 
 
+@pytest.mark.integration
 def test_pages_pass_the_checker_and_state_the_facts(published):
     pages = {}
     publish_dir = published["hub"][1]
@@ -175,6 +179,7 @@ BROKEN = [  # (rule, edit of a good page)
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("rule,edit", BROKEN, ids=[rule for rule, _ in BROKEN])
 def test_a_broken_page_fails_with_its_rule_named(published, rule, edit):
     publish_dir = published["hub"][1]
@@ -188,6 +193,7 @@ def test_a_broken_page_fails_with_its_rule_named(published, rule, edit):
     assert caught.value.rule == rule
 
 
+@pytest.mark.integration
 def test_page_location_and_publisher_page_are_checked(published, tmp_path):
     publish_dir = published["hub"][1]
     docs = os.path.join(publish_dir, "docs")
@@ -304,12 +310,14 @@ def _section(text, title):
     return match.group(1)
 
 
+@pytest.mark.integration
 def test_usage_snippets_run_against_the_archived_modules(published, tmp_path):
     """TF2: hub.KerasLayer, hub.load and Keras 3's TFSMLayer (the TF1 page: the slow tier)."""
     _run_snippets(published, tmp_path, ["Usage"], ["hub"])
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_all_snippets_run_against_the_archived_modules(published, tmp_path):
     """Usage and Fine-tuning (tf_keras fit with trainable=True; the TF1 {"train"} graph under a
     GradientTape), TF2 and TF1."""
