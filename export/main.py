@@ -51,7 +51,7 @@ flags.DEFINE_multi_string("calibration_images", None, "Image files or globs for 
                           "(default: the photographs shipped in installed packages).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir once the new export is verified.")
 flags.DEFINE_bool("publish", False, "Also write the Kaggle Models upload tree of the hub modules "
-                  "(formats hub, hub_tf1) into EXPORT_DIR-publish (export/publish.py); upload it with "
+                  "(formats hub, hub_tf1; tflite rides along) into EXPORT_DIR-publish (export/publish.py); upload it with "
                   "python -m export.publish upload EXPORT_DIR-publish --owner=NAME.")
 flags.DEFINE_string("owner", None, "--publish: the Kaggle owner (user or organization slug; default --publisher).")
 flags.DEFINE_bool("tfhub_docs", False, "--publish: also the retired tfhub.dev package (.tar.gz archives, "
@@ -150,7 +150,7 @@ def run(argv) -> int:
         print(summary_table(results))
     if FLAGS.publish:
         # Each format's folder has its own export_info.json, so publish reads them alike.
-        published = publish.publish([r.export_dir for r in results if r.format in publish.PUBLISHABLE_FORMATS],
+        published = publish.publish([r.export_dir for r in results if r.format in publish.KAGGLE_FORMATS],
                                     publish.default_publish_dir(FLAGS.export_dir), owner=FLAGS.owner,
                                     publisher=FLAGS.publisher, module_name=FLAGS.module_name or FLAGS.model_name,
                                     version=FLAGS.version, license=FLAGS.license, tfhub_docs=FLAGS.tfhub_docs,

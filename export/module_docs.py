@@ -461,7 +461,8 @@ class Variation:
 
     @property
     def slug(self) -> str:
-        return f"{self.info['model_name']}-{self.role.replace('_', '-')}"
+        quantized = f"-{self.info['quantize']}" if self.format == "tflite" and self.info.get("quantize") else ""
+        return f"{self.info['model_name']}-{self.role.replace('_', '-')}{quantized}"
 
     @property
     def handle(self) -> str:
@@ -470,12 +471,15 @@ class Variation:
 
     def page(self) -> ModulePage:
         """The facts as a ModulePage, for the helpers the tfhub.dev pages use."""
-        return ModulePage(self.owner, f"{self.model_slug}/{self.slug}", 1, self.format if self.format != "tflite"
-                          else "hub", self.role, "", "apache-2.0", self.info, self.signatures)
+        # "hub_tf1" for TF-Lite too: its verification figures are not split by module
+        return ModulePage(self.owner, f"{self.model_slug}/{self.slug}", 1, "hub" if self.format == "hub" else "hub_tf1",
+                          self.role, "", "apache-2.0", self.info, self.signatures)
 
 
 def _what(variation: Variation) -> str:
     info = variation.info
+    if variation.role == "classification" and variation.format == "tflite":  # export.tflite: softmax inside
+        return f"probabilities over {info['num_classes']} classes"
     if variation.role == "classification":
         return f"logits over {info['num_classes']} classes"
     return f"feature vectors of {info['num_features']} values"
@@ -485,7 +489,7 @@ def instance_overview(variation: Variation) -> str:
     """A variation's one-paragraph overview."""
     kind = {"hub": "TF2 SavedModel with TF-Hub's reusable SavedModel API",
             "hub_tf1": "TF1 Hub module (MetaGraphs for tag sets {} and {\"train\"})",
-            "tflite": "TF-Lite flatbuffer"}[variation.format]
+            "tflite": f"TF-Lite flatbuffer ({variation.info.get('quantize') or 'float32'})"}[variation.format]
     size = variation.info["default_image_size"][0]
     return (f"{variation.info['model_name']} as a {kind}: images (float32 RGB in [0, 1], expected "
             f"{size} x {size}) to {_what(variation)}.")
@@ -502,7 +506,7 @@ def instance_usage(variation: Variation) -> str:
                   f'interpreter = Interpreter(model_path=path + "/{tflite}")',
                   "interpreter.allocate_tensors()",
                   "detail = interpreter.get_input_details()[0]",
-                  f"interpreter.set_tensor(detail['index'], np.zeros((1, {size}, {size}, 3), np.float32))",
+                  f"interpreter.set_tensor(detail['index'], np.zeros((1, {size}, {size}, 3), detail['dtype']))",
                   "interpreter.invoke()",
                   "outputs = interpreter.get_tensor(interpreter.get_output_details()[0]['index'])", "```"]
         return "\n".join(lines)
@@ -565,6 +569,5 @@ def model_card(variations: Sequence[Variation]) -> str:
         "# Evaluation", "",
     ]
     for v in variations:
-        if v.format != "tflite":
-            lines += [f"`{v.slug}` ({v.framework}): " + " ".join(_verification(v.page())), ""]
+        lines += [f"`{v.slug}` ({v.framework}): " + " ".join(_verification(v.page())), ""]
     return "\n".join(lines)

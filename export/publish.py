@@ -46,6 +46,8 @@ from export.exporter import INFO_FILENAME
 from export.module_docs import DocumentationError
 
 PUBLISHABLE_FORMATS = tuple(module_docs.HUB_FORMAT)  # ("hub_tf1", "hub")
+# Kaggle Models also serves the TF-Lite file next to the modules (framework tfLite).
+KAGGLE_FORMATS = PUBLISHABLE_FORMATS + ("tflite",)
 TF2_MODULES = ("classification", "feature_vector")  # = export.hub_tf2.MODULES (not imported: it loads TF)
 # tools/validator.py ALLOWED_SAVED_MODEL_PATHS: the files a hub archive may hold.
 ALLOWED_PATHS = ("saved_model.pb", "saved_model.pbtxt", "tfhub_module.pb", "keras_metadata.pb", "fingerprint.pb",
@@ -114,7 +116,10 @@ def version_notes(info: Dict) -> str:
 def write_variation(variation: module_docs.Variation, module_dir: str, tree: str, license_name: str) -> List[str]:
     """Copies the served files of a module into TREE/FRAMEWORK/VARIATION with its metadata;
     returns the files."""
-    members, _ = archive_members(module_dir)
+    if variation.format == "tflite":  # DIR/model.tflite (+ labels.txt): export.tflite's layout
+        members = sorted(n for n in os.listdir(module_dir) if n.endswith(".tflite") or n == "labels.txt")
+    else:
+        members, _ = archive_members(module_dir)
     directory = os.path.join(tree, variation.framework, variation.slug)
     files = []
     for member in members:
@@ -142,7 +147,8 @@ def write_kaggle_tree(jobs, tree: str, owner: str, model_slug: str, license: str
     license_name = kaggle_models.LICENSE_NAMES[license]
     variations, listed = [], []
     for info, role, module_dir, _ in jobs:
-        variation = module_docs.Variation(owner, model_slug, info["format"], role, info, signatures_of(module_dir))
+        signatures = {} if info["format"] == "tflite" else signatures_of(module_dir)
+        variation = module_docs.Variation(owner, model_slug, info["format"], role, info, signatures)
         files = write_variation(variation, module_dir, tree, license_name)
         variations.append(variation)
         listed.append({"framework": variation.framework, "slug": variation.slug, "handle": variation.handle,
@@ -181,11 +187,11 @@ def read_info(export_dir: str) -> Dict:
 def modules_of(export_dir: str, info: Dict, module_name: str) -> List[Tuple[str, str, str]]:
     """(role, module dir, hub name) of each module in an export."""
     fmt = info.get("format")
-    if fmt not in PUBLISHABLE_FORMATS:
-        raise ValueError(f"{export_dir!r} holds format {fmt!r}; publishable: {', '.join(sorted(PUBLISHABLE_FORMATS))}")
-    if fmt == "hub_tf1":
+    if fmt not in KAGGLE_FORMATS:
+        raise ValueError(f"{export_dir!r} holds format {fmt!r}; publishable: {', '.join(sorted(KAGGLE_FORMATS))}")
+    if fmt in ("hub_tf1", "tflite"):
         role = "classification" if info.get("num_classes") else "feature_vector"
-        return [(role, export_dir, f"{module_name}/tf1/{role}")]
+        return [(role, export_dir, f"{module_name}/{'tf1' if fmt == 'hub_tf1' else fmt}/{role}")]
     found = [(role, os.path.join(export_dir, role), f"{module_name}/{role}") for role in TF2_MODULES
              if os.path.isdir(os.path.join(export_dir, role))]
     if not found:
@@ -319,8 +325,8 @@ def publish(export_dir: Union[str, Sequence[str]], publish_dir: Optional[str] = 
     for directory in export_dirs:
         info = read_info(directory)
         name = module_name or info["model_name"]
-        check_request(info.get("format"), publisher if tfhub_docs else owner, name, version, license, publish_dir,
-                      overwrite)
+        check_request(info.get("format") if info.get("format") != "tflite" else "hub",  # tflite: Kaggle only
+                      publisher if tfhub_docs else owner, name, version, license, publish_dir, overwrite)
         jobs += [(info, *module) for module in modules_of(directory, info, name)]
     handles = [name for _, _, _, name in jobs]
     if len(set(handles)) != len(handles):
@@ -337,10 +343,10 @@ def publish(export_dir: Union[str, Sequence[str]], publish_dir: Optional[str] = 
             with open(os.path.join(docs_root, publisher, f"{publisher}.md"), "w", encoding="utf-8") as f:
                 f.write(module_docs.publisher_page(publisher))
         for (info, role, module_dir, name), variation in zip(jobs, variations):
-            item = PublishedModule(f"{publisher}/{name}/{version}", module_docs.HUB_FORMAT[info["format"]], role,
+            item = PublishedModule(f"{publisher}/{name}/{version}", module_docs.HUB_FORMAT.get(info["format"], "tflite"), role,
                                    module_dir, None, None, [], [], 0, variation["handle"],
                                    os.path.join(publish_dir, variation["framework"], variation["slug"]))
-            if tfhub_docs:
+            if tfhub_docs and info["format"] in PUBLISHABLE_FORMATS:
                 with step(f"publish: packaging {publisher}/{name}/{version}"):
                     item.members, item.left_out = archive_members(module_dir)
                     archive_name = f"{publisher}-{name.replace('/', '-')}-{version}.tar.gz"

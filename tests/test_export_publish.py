@@ -432,6 +432,12 @@ def test_kagglehub_resolves_the_published_tree_from_its_cache_offline(published,
     ours = keras.Sequential([keras.Input((SIZE, SIZE, 3)), our_hub.KerasLayer(f"{FEATURES}/1")])
     np.testing.assert_array_equal(theirs.predict(images, verbose=0), expected)
     np.testing.assert_array_equal(ours.predict(images, verbose=0), expected)
+    # the variation's usage code, as Kaggle renders it for version 1, runs against the cache
+    instance = json.load(open(os.path.join(variation, kaggle_models.INSTANCE_METADATA)))
+    namespace = {}
+    exec(compile(module_docs.code_blocks(instance["usage"].replace("${VERSION_NUMBER}", "1"))[0], "usage", "exec"),
+         namespace)
+    np.testing.assert_array_equal(namespace["model"].predict(images, verbose=0), expected)
 
 
 class _KaggleLikeServer(http.server.BaseHTTPRequestHandler):
@@ -509,3 +515,34 @@ def test_upload_without_credentials_or_network_fails_fast_and_uploads_nothing(pu
         assert done.returncode == 1, done.stdout + done.stderr
         assert re.search(expected, done.stderr), done.stderr
         assert "Uploaded" not in done.stdout
+
+
+@pytest.mark.integration
+def test_tflite_export_rides_along_as_a_tflite_variation(published, tmp_path):
+    """The TF-Lite file of the same model published with the TF2 modules: a tfLite variation that
+    serves model.tflite and labels.txt, and whose usage runs against them."""
+    import efficientnet_tf
+    from export import export_model
+
+    model = efficientnet_tf.build_model("efficientnet-lite0", weights="imagenet", classifier_activation=None)
+    tflite_dir = str(tmp_path / "tflite")
+    export_model(model, tflite_dir, format="tflite", image_size=SIZE, weights="imagenet")
+    tree = str(tmp_path / "publish")
+    items = publish.publish([published["hub"][0], tflite_dir], tree, owner="acme", module_name="efficientnet-lite0")
+    assert [i.kaggle_handle for i in items][-1] == "acme/efficientnet-lite0/tfLite/efficientnet-lite0-classification"
+    manifest = kaggle_models.check_tree(tree)
+    assert manifest["variations"][-1]["files"] == ["labels.txt", "model.tflite"]
+    instance = json.load(open(os.path.join(tree, "tfLite", "efficientnet-lite0-classification",
+                                           kaggle_models.INSTANCE_METADATA)))
+    assert (instance["framework"], instance["fineTunable"]) == ("tfLite", False)
+    card = json.load(open(os.path.join(tree, "model-metadata.json")))["description"]
+    assert "| tfLite | `efficientnet-lite0-classification` | probabilities over 1000 classes |" in card
+    # the usage code, with the download replaced by the variation's folder
+    code = module_docs.code_blocks(instance["usage"])[0]
+    download = re.search(r"^path = kagglehub.model_download\(.*\)$", code, re.M).group(0)
+    code = code.replace(download, f"path = {os.path.join(tree, 'tfLite', 'efficientnet-lite0-classification')!r}")
+    code = code.replace("import kagglehub\n", "")
+    namespace = {}
+    exec(compile(code, "usage", "exec"), namespace)
+    assert namespace["outputs"].shape == (1, 1000)
+    assert abs(float(namespace["outputs"].sum()) - 1.0) < 1e-3  # probabilities
