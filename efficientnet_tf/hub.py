@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import urllib.parse
@@ -72,7 +73,14 @@ def resolve(handle) -> str:
         except ImportError as err:
             raise ImportError(f"{handle!r} is a Kaggle Models handle: install kagglehub "
                               "(pip install efficientnet_tf[kaggle])") from err
-        return kagglehub.model_download(kaggle)
+        try:
+            return kagglehub.model_download(kaggle)
+        except Exception as err:  # requests' ConnectionError and kagglehub's errors: say what to do
+            if "ConnectionError" not in type(err).__name__:
+                raise
+            hint = "" if kaggle.count("/") == 4 else ("; the latest version is looked up on kaggle.com, a handle "
+                                                      "with /VERSION resolves from kagglehub's cache offline")
+            raise ConnectionError(f"Cannot resolve Kaggle handle {kaggle!r}: {err}{hint}") from err
     if handle.startswith(("http://", "https://")):
         try:
             import tensorflow_hub
@@ -106,10 +114,9 @@ def _names(items) -> List[str]:
 
 def _has_training_argument(function) -> bool:
     try:
-        spec = function.function_spec.fullargspec  # restored tf.function
-    except AttributeError:
+        return "training" in inspect.signature(function).parameters
+    except (TypeError, ValueError):  # no signature to inspect
         return False
-    return "training" in spec.args or "training" in spec.kwonlyargs
 
 
 def _variables(module, function) -> list:
@@ -232,6 +239,17 @@ class KerasLayer(keras.layers.Layer):
                                  f"{_names(outputs)}")
             return outputs[self.output_key]
         return outputs
+
+    @classmethod
+    def from_config(cls, config):
+        # Like keras.layers.TFSMLayer: a .keras file naming a SavedModel runs that model's graph
+        # (which may read and write files), so Keras' safe mode (the load_model default) refuses it.
+        from keras.src.saving import serialization_lib  # keras has no public getter for safe mode
+
+        if serialization_lib.in_safe_mode():
+            raise ValueError(f"This .keras file loads the TF-Hub module {config.get('handle')!r}, whose graph runs "
+                             "when called; if you trust it, load with keras.saving.load_model(path, safe_mode=False)")
+        return cls(**config)
 
     def get_config(self):
         config = super().get_config()

@@ -146,7 +146,9 @@ def test_keras_file_stores_the_handle_and_the_tuned_weights(modules, tmp_path):
     model.fit(_images(16), np.arange(16) % CLASSES, batch_size=8, epochs=1, verbose=0)
     path = str(tmp_path / "tuned.keras")
     model.save(path)
-    reloaded = keras.saving.load_model(path)
+    with pytest.raises(ValueError, match=r"loads the TF-Hub module .*safe_mode=False"):
+        keras.saving.load_model(path)  # safe mode (the default) refuses, as for keras.layers.TFSMLayer
+    reloaded = keras.saving.load_model(path, safe_mode=False)
     assert reloaded.layers[0].get_config()["handle"] == modules["feature_vector"]
     assert reloaded.layers[0].trainable
     x = _images(4, seed=3)
