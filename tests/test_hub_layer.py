@@ -237,3 +237,17 @@ def test_regularization_losses_training_and_dict_outputs_of_a_handmade_module(tm
     with pytest.raises(ValueError, match=r"no reusable SavedModel API \(no __call__\).*\['serve'\]"):
         our_hub.KerasLayer(str(signatures_only))
     assert our_hub.KerasLayer(str(signatures_only), signature="serve")(np.array([3.0], np.float32)).numpy() == [3.0]
+
+
+def test_kaggle_handles_and_urls_name_the_same_variation():
+    handle = "acme/efficientnet-b0/tensorFlow2/efficientnet-b0-feature-vector"
+    assert our_hub.kaggle_handle(handle) == handle
+    assert our_hub.kaggle_handle(handle + "/3") == handle + "/3"
+    for url in ("https://www.kaggle.com/models/acme/efficientnet-b0/frameworks/TensorFlow2/variations/"
+                "efficientnet-b0-feature-vector/versions/3",
+                "https://www.kaggle.com/models/acme/efficientnet-b0/tensorFlow2/efficientnet-b0-feature-vector/3",
+                "https://kaggle.com/models/acme/efficientnet-b0/TensorFlow2/efficientnet-b0-feature-vector/3/"):
+        assert our_hub.kaggle_handle(url) == handle + "/3", url
+    for other in ("https://tfhub.dev/google/efficientnet/b0/feature-vector/1", "acme/efficientnet-b0",
+                  "https://example.com/models/acme/m/tensorFlow2/v/1", "a/b/c/d/e/f"):
+        assert our_hub.kaggle_handle(other) is None, other
