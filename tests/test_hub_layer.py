@@ -196,14 +196,15 @@ def _scaled_module():
     module.variables, module.trainable_variables = [scale, calls_in_training], [scale]
     module.regularization_losses = [tf.function(lambda: 0.5 * scale ** 2, input_signature=[])]
 
-    def call(x, training=False):
+    def call(x, training=False, factor=1.0):
         if training:
             calls_in_training.assign_add(1.0)
-        return {"scaled": x * scale, "sum": tf.reduce_sum(x, axis=1, keepdims=True)}
+        return {"scaled": x * scale * factor, "sum": tf.reduce_sum(x, axis=1, keepdims=True)}
 
     module.__call__ = tf.function(call, autograph=False)
     for training in (False, True):
-        module.__call__.get_concrete_function(tf.TensorSpec([None, 2]), training)
+        for factor in (1.0, 3.0):
+            module.__call__.get_concrete_function(tf.TensorSpec([None, 2]), training, factor)
     return module
 
 
@@ -228,6 +229,9 @@ def test_regularization_losses_training_and_dict_outputs_of_a_handmade_module(tm
     assert frozen.losses == [] and frozen.weights[1].numpy() == 0.0
     everything = our_hub.KerasLayer(path)(x)
     assert sorted(everything) == ["scaled", "sum"]
+    tripled = our_hub.KerasLayer(path, output_key="scaled", arguments={"factor": 3.0})
+    np.testing.assert_array_equal(tripled(x), 6.0 * x)  # arguments reach __call__
+    assert tripled.get_config()["arguments"] == {"factor": 3.0}
 
     signatures_only = tmp_path / "signatures_only"
     plain = tf.Module()
