@@ -18,6 +18,7 @@ import textwrap
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -437,6 +438,18 @@ def test_kagglehub_resolves_the_published_tree_from_its_cache_offline(published,
     exec(compile(module_docs.code_blocks(instance["usage"].replace("${VERSION_NUMBER}", "1"))[0], "usage", "exec"),
          namespace)
     np.testing.assert_array_equal(namespace["model"].predict(images, verbose=0), expected)
+
+    # the TF1 variation too: its usage builds both Keras layers on its classification signature
+    tf1 = os.path.join(published["hub"][1], *VARIATIONS[2])
+    target = cache / "models" / "acme/efficientnet-lite0" / Path(*VARIATIONS[2]) / "1"
+    shutil.copytree(tf1, target, ignore=shutil.ignore_patterns(kaggle_models.INSTANCE_METADATA))
+    (target.parent / "1.complete").touch()
+    usage = json.load(open(os.path.join(tf1, kaggle_models.INSTANCE_METADATA)))["usage"]
+    namespace = {}
+    exec(compile(module_docs.code_blocks(usage.replace("${VERSION_NUMBER}", "1"))[0], "usage", "exec"), namespace)
+    logits = hub.load(published["hub_tf1"][0]).signatures["image_classification"](images=tf.constant(images))
+    np.testing.assert_array_equal(namespace["layer"](images), logits["default"])
+    assert sorted(namespace["train_module"].signatures) == ["default", "image_classification", "image_feature_vector"]
 
 
 class _KaggleLikeServer(http.server.BaseHTTPRequestHandler):
