@@ -50,10 +50,14 @@ flags.DEFINE_string("labels", None, "Text file with one class name per line (def
 flags.DEFINE_multi_string("calibration_images", None, "Image files or globs for --quantize=int8 "
                           "(default: the photographs shipped in installed packages).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir once the new export is verified.")
-flags.DEFINE_bool("publish", False, "Also write tfhub.dev / Kaggle Models packages of the hub modules "
-                  "(formats hub, hub_tf1): .tar.gz archives and their documentation pages, into "
-                  "EXPORT_DIR-publish (export/publish.py).")
-flags.DEFINE_string("publisher", None, "--publish: the publisher id (lowercase letters, digits, '-').")
+flags.DEFINE_bool("publish", False, "Also write the Kaggle Models upload tree of the hub modules "
+                  "(formats hub, hub_tf1; tflite rides along) into EXPORT_DIR-publish (export/publish.py); upload it with "
+                  "python -m export.publish upload EXPORT_DIR-publish --owner=NAME.")
+flags.DEFINE_string("owner", None, "--publish: the Kaggle owner (user or organization slug; default --publisher).")
+flags.DEFINE_bool("tfhub_docs", False, "--publish: also the retired tfhub.dev package (.tar.gz archives, "
+                  "documentation pages, --publisher, --version).")
+flags.DEFINE_string("publisher", None, "--publish --tfhub_docs: the tfhub.dev publisher id (lowercase letters, "
+                    "digits, '-').")
 flags.DEFINE_string("module_name", None, "--publish: the model name, e.g. efficientnet/b0 (default: "
                     "--model_name); '/classification', '/feature_vector' or '/tf1/...' is appended.")
 flags.DEFINE_integer("version", 1, "--publish: the version of the published modules.", lower_bound=1)
@@ -110,7 +114,9 @@ def run(argv) -> int:
         if not FLAGS.weights:
             raise ValueError("--publish needs --weights: freshly initialized weights are not worth publishing")
         publishable = [f for f in formats if f in publish.PUBLISHABLE_FORMATS]
-        publish.check_request(publishable[0] if publishable else FLAGS.format, FLAGS.publisher,
+        publish.check_kaggle_request(FLAGS.owner or FLAGS.publisher, FLAGS.license)
+        publish.check_request(publishable[0] if publishable else FLAGS.format,
+                              FLAGS.publisher if FLAGS.tfhub_docs else FLAGS.owner or FLAGS.publisher,
                               FLAGS.module_name or FLAGS.model_name, FLAGS.version, FLAGS.license,
                               publish.default_publish_dir(FLAGS.export_dir), FLAGS.overwrite)
     class_names = read_labels(FLAGS.labels) if FLAGS.labels else None
@@ -144,10 +150,11 @@ def run(argv) -> int:
         print(summary_table(results))
     if FLAGS.publish:
         # Each format's folder has its own export_info.json, so publish reads them alike.
-        published = publish.publish([r.export_dir for r in results if r.format in publish.PUBLISHABLE_FORMATS],
-                                    publish.default_publish_dir(FLAGS.export_dir), publisher=FLAGS.publisher,
-                                    module_name=FLAGS.module_name or FLAGS.model_name, version=FLAGS.version,
-                                    license=FLAGS.license, overwrite=FLAGS.overwrite)
+        published = publish.publish([r.export_dir for r in results if r.format in publish.KAGGLE_FORMATS],
+                                    publish.default_publish_dir(FLAGS.export_dir), owner=FLAGS.owner,
+                                    publisher=FLAGS.publisher, module_name=FLAGS.module_name or FLAGS.model_name,
+                                    version=FLAGS.version, license=FLAGS.license, tfhub_docs=FLAGS.tfhub_docs,
+                                    overwrite=FLAGS.overwrite)
         print(publish.summary(published))
     return 0
 

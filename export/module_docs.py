@@ -432,3 +432,142 @@ def check(text: str, path: Optional[str] = None, docs_root: Optional[str] = None
                 raise DocumentationError("publisher-page", f"{publisher}/{publisher}.md must start with "
                                          f"'# Publisher {publisher}'")
     return metadata
+
+
+# ----------------------------------------------------------------------------- Kaggle Models
+# The card and usage texts of a Kaggle Models upload tree (export/publish.py writes it,
+# export/kaggle_models.py checks it). Kaggle renders markdown; in a variation's usage it replaces
+# ${VERSION_NUMBER} and ${VARIATION_SLUG} (Kaggle/kaggle-api documentation/models_metadata.md).
+KAGGLE_FRAMEWORK = {"hub": "tensorFlow2", "hub_tf1": "tensorFlow1", "tflite": "tfLite"}
+PAPERS = ("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks (Tan & Le, 2019), "
+          "https://arxiv.org/abs/1905.11946", "EfficientNetV2: Smaller Models and Faster Training (Tan & Le, 2021), "
+          "https://arxiv.org/abs/2104.00298")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variation:
+    """One variation of a Kaggle model: a module (or TF-Lite file) and what its export recorded."""
+
+    owner: str
+    model_slug: str
+    format: str  # ours: "hub", "hub_tf1" or "tflite"
+    role: str  # "classification" or "feature_vector"
+    info: Dict  # export_info.json
+    signatures: Dict[str, Dict[str, List[str]]]  # as ModulePage.signatures ({} for TF-Lite)
+
+    @property
+    def framework(self) -> str:
+        return KAGGLE_FRAMEWORK[self.format]
+
+    @property
+    def slug(self) -> str:
+        quantized = f"-{self.info['quantize']}" if self.format == "tflite" and self.info.get("quantize") else ""
+        return f"{self.info['model_name']}-{self.role.replace('_', '-')}{quantized}"
+
+    @property
+    def handle(self) -> str:
+        """kagglehub's handle of the variation, its version left to Kaggle's placeholder."""
+        return f"{self.owner}/{self.model_slug}/{self.framework}/{self.slug}"
+
+    def page(self) -> ModulePage:
+        """The facts as a ModulePage, for the helpers the tfhub.dev pages use."""
+        # "hub_tf1" for TF-Lite too: its verification figures are not split by module
+        return ModulePage(self.owner, f"{self.model_slug}/{self.slug}", 1, "hub" if self.format == "hub" else "hub_tf1",
+                          self.role, "", "apache-2.0", self.info, self.signatures)
+
+
+def _what(variation: Variation) -> str:
+    info = variation.info
+    if variation.role == "classification" and variation.format == "tflite":  # export.tflite: softmax inside
+        return f"probabilities over {info['num_classes']} classes"
+    if variation.role == "classification":
+        return f"logits over {info['num_classes']} classes"
+    return f"feature vectors of {info['num_features']} values"
+
+
+def instance_overview(variation: Variation) -> str:
+    """A variation's one-paragraph overview."""
+    kind = {"hub": "TF2 SavedModel with TF-Hub's reusable SavedModel API",
+            "hub_tf1": "TF1 Hub module (MetaGraphs for tag sets {} and {\"train\"})",
+            "tflite": f"TF-Lite flatbuffer ({variation.info.get('quantize') or 'float32'})"}[variation.format]
+    size = variation.info["default_image_size"][0]
+    return (f"{variation.info['model_name']} as a {kind}: images (float32 RGB in [0, 1], expected "
+            f"{size} x {size}) to {_what(variation)}.")
+
+
+def instance_usage(variation: Variation) -> str:
+    """A variation's usage markdown, with Kaggle's ${VERSION_NUMBER} for the version."""
+    size = variation.info["default_image_size"][0]
+    handle = f"{variation.handle}/${{VERSION_NUMBER}}"
+    lines = ["```python", "import kagglehub", "", f'path = kagglehub.model_download("{handle}")']
+    if variation.format == "tflite":
+        tflite = "model.tflite"
+        lines += ["import numpy as np", "from ai_edge_litert.interpreter import Interpreter", "",
+                  f'interpreter = Interpreter(model_path=path + "/{tflite}")',
+                  "interpreter.allocate_tensors()",
+                  "detail = interpreter.get_input_details()[0]",
+                  f"interpreter.set_tensor(detail['index'], np.zeros((1, {size}, {size}, 3), detail['dtype']))",
+                  "interpreter.invoke()",
+                  "outputs = interpreter.get_tensor(interpreter.get_output_details()[0]['index'])", "```"]
+        return "\n".join(lines)
+    main = main_signature(variation.role == "classification")
+    if variation.format == "hub_tf1":
+        lines += ["", "# tf_keras (TF 2.x with tensorflow_hub): the TF1 module through its signature",
+                  "import tensorflow_hub as hub", "import tf_keras",
+                  f'layer = hub.KerasLayer(path, signature="{main}", output_key="default")',
+                  "", "# Keras 3 (efficientnet_tf), by handle",
+                  "from efficientnet_tf.hub import KerasLayer",
+                  f'layer = KerasLayer("{handle}", signature="{main}")',
+                  "", '# fine-tuning: the {"train"} graph (batch statistics, dropout) under a GradientTape',
+                  'train_module = hub.load(path, tags={"train"})', "```"]
+    else:
+        lines += ["", "# tf_keras (TF 2.x with tensorflow_hub)", "import tensorflow_hub as hub", "import tf_keras",
+                  f"model = tf_keras.Sequential([tf_keras.Input(({size}, {size}, 3)), hub.KerasLayer(path)])",
+                  "", "# Keras 3 (efficientnet_tf), by handle; trainable=True fine-tunes",
+                  "import keras", "from efficientnet_tf.hub import KerasLayer",
+                  f"model = keras.Sequential([keras.Input(({size}, {size}, 3)), "
+                  f'KerasLayer("{handle}", trainable=True)])', "```"]
+    return "\n".join(lines)
+
+
+def model_card(variations: Sequence[Variation]) -> str:
+    """The model's description (its card, markdown) from what the exports recorded."""
+    first = variations[0]
+    info, size = first.info, first.info["default_image_size"][0]
+    norm = info.get("normalization_inside_model", {})
+    pre = info.get("eval_preprocessing", {})
+    variant = info["model_name"]
+    paper = PAPERS[1] if variant.startswith("efficientnetv2") else PAPERS[0]
+    rows = ["| framework | variation | output | signatures (tag sets) | output keys |", "|---|---|---|---|---|"]
+    for v in variations:
+        names = sorted({name for sigs in v.signatures.values() for name in sigs})
+        keys = sorted({key for sigs in v.signatures.values() for outputs in sigs.values() for key in outputs},
+                      key=lambda k: (k != "default", k))
+        tags = ", ".join("{" + t + "}" for t in sorted(v.signatures))
+        rows.append(f"| {v.framework} | `{v.slug}` | {_what(v)} | {', '.join(f'`{n}`' for n in names) or 'none'} "
+                    f"({tags or 'TF-Lite'}) | {', '.join(f'`{k}`' for k in keys) or '-'} |")
+    lines = [
+        "# Model summary", "",
+        f"{variant}, an EfficientNet image model ({paper}), exported with efficientnet_tf "
+        f"{info.get('efficientnet_tf_version', '')} as TF-Hub modules.", "",
+        f"- **Weights**: {info.get('weights', 'unspecified')}.",
+        f"- **Input**: {info.get('input', 'float32 RGB images in [0, 1]')}; expected size {size} x {size} "
+        "(the size the export was verified at; any height and width work). The modules normalize "
+        f"internally (mean {norm.get('mean_rgb')}, stddev {norm.get('stddev_rgb')} on the 0-255 scale).",
+        f"- **Evaluation preprocessing** of the weights: centre crop {pre.get('center_crop_fraction')}, "
+        f"{pre.get('resize_method')} resize.", "",
+        "# Variations", "", *rows, "",
+        "# Usage", "",
+        "Each variation's page has code. In short: `kagglehub.model_download(HANDLE)` gives a local "
+        "folder; tf_keras users pass it to `tensorflow_hub.KerasLayer`, Keras 3 users pass the handle to "
+        "`efficientnet_tf.hub.KerasLayer`; `tensorflow_hub.load` gives the module itself.", "",
+        "# Fine-tuning", "",
+        "TF2 variations: `KerasLayer(handle, trainable=True)` (either Keras) trains all weights; batch "
+        "normalization uses batch statistics and updates its moving averages in training. TF1 variations: "
+        'load the tag set `{"train"}` (`hub.load(path, tags={"train"})`) and train its signatures under a '
+        "`GradientTape`; variables are shared with the inference graph.", "",
+        "# Evaluation", "",
+    ]
+    for v in variations:
+        lines += [f"`{v.slug}` ({v.framework}): " + " ".join(_verification(v.page())), ""]
+    return "\n".join(lines)

@@ -1,12 +1,23 @@
-"""Packages exported hub modules for tfhub.dev / Kaggle Models: one ``.tar.gz`` per module, holding
-only the files the hub accepts, and its documentation page (export/module_docs.py).
+"""Packages exported hub modules for Kaggle Models (and, with ``tfhub_docs``, the retired
+tfhub.dev documentation repository), and uploads them.
 
     from export import publish
-    published = publish.publish("out/lite0_hub", "out/lite0_hub-publish", publisher="acme")
+    published = publish.publish("out/lite0/hub", "out/lite0-publish", owner="acme")
+
+    python -m export.publish upload out/lite0-publish --owner=acme    # kagglehub.model_upload
 
 Input: an export directory of format ``hub`` (TF2: ``DIR/classification``, ``DIR/feature_vector``)
 or ``hub_tf1`` (``DIR`` is the module) and its ``export_info.json``; how the export was dispatched
-does not matter. Output (written to a temporary directory, checked, then renamed into place)::
+does not matter. Output (written to a temporary directory, checked, then renamed into place): a
+Kaggle Models upload tree (export/kaggle_models.py)::
+
+    PUBLISH_DIR/model-metadata.json                              the model and its card
+    PUBLISH_DIR/tensorFlow2/VARIANT-classification/...           one variation per module:
+    PUBLISH_DIR/tensorFlow2/VARIANT-feature-vector/...           model-instance-metadata.json and
+    PUBLISH_DIR/tensorFlow1/VARIANT-classification/...           exactly the files Kaggle serves
+    PUBLISH_DIR/efficientnet_tf-publish.json                     the variations, files, version notes
+
+and with ``tfhub_docs=True`` (``--tfhub_docs``) also the tfhub.dev package::
 
     PUBLISH_DIR/docs/PUBLISHER/PUBLISHER.md                 the publisher page
     PUBLISH_DIR/docs/PUBLISHER/models/NAME/VERSION.md       one page per module
@@ -25,14 +36,18 @@ import gzip
 import json
 import os
 import re
+import shutil
+import sys
 import tarfile
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from export import module_docs
+from export import kaggle_models, module_docs
 from export.exporter import INFO_FILENAME
 from export.module_docs import DocumentationError
 
 PUBLISHABLE_FORMATS = tuple(module_docs.HUB_FORMAT)  # ("hub_tf1", "hub")
+# Kaggle Models also serves the TF-Lite file next to the modules (framework tfLite).
+KAGGLE_FORMATS = PUBLISHABLE_FORMATS + ("tflite",)
 TF2_MODULES = ("classification", "feature_vector")  # = export.hub_tf2.MODULES (not imported: it loads TF)
 # tools/validator.py ALLOWED_SAVED_MODEL_PATHS: the files a hub archive may hold.
 ALLOWED_PATHS = ("saved_model.pb", "saved_model.pbtxt", "tfhub_module.pb", "keras_metadata.pb", "fingerprint.pb",
@@ -52,11 +67,13 @@ class PublishedModule:
     format: str  # the hub's format value: "hub" (TF1) or "saved_model_2"
     role: str  # "classification" or "feature_vector"
     module_dir: str
-    archive: str
-    doc: str
+    archive: Optional[str]  # tfhub_docs only
+    doc: Optional[str]  # tfhub_docs only
     members: List[str]  # archive member names, in order
     left_out: List[str]  # files of the module dir the hub does not accept (not archived)
-    archive_bytes: int
+    archive_bytes: int  # 0 without tfhub_docs
+    kaggle_handle: str = ""  # OWNER/MODEL/FRAMEWORK/VARIATION
+    variation_dir: str = ""  # its folder in the upload tree
 
 
 def default_publish_dir(export_dir: str) -> str:
@@ -83,6 +100,82 @@ def check_request(format: str, publisher: Optional[str], module_name: Optional[s
         raise FileExistsError(f"publish dir {publish_dir!r} already exists; pass --overwrite (overwrite=True)")
 
 
+def kaggle_slug(module_name: str) -> str:
+    """The Kaggle model slug of a module name: efficientnet/lite0 -> efficientnet-lite0."""
+    return re.sub(r"[^a-z0-9]+", "-", module_name.lower()).strip("-")
+
+
+def version_notes(info: Dict) -> str:
+    """One line for an uploaded version, from the export's record."""
+    checks = info.get("verification", {}).get("max_abs_diff", {})
+    verified = f"; verified against the Keras model on {len(checks)} outputs" if checks else ""
+    return (f"{info['model_name']} exported with efficientnet_tf {info.get('efficientnet_tf_version', '?')} "
+            f"at {info['default_image_size'][0]}px, weights: {info.get('weights', 'unspecified')}{verified}")
+
+
+def write_variation(variation: module_docs.Variation, module_dir: str, tree: str, license_name: str) -> List[str]:
+    """Copies the served files of a module into TREE/FRAMEWORK/VARIATION with its metadata;
+    returns the files."""
+    if variation.format == "tflite":  # DIR/model.tflite (+ labels.txt): export.tflite's layout
+        members = sorted(n for n in os.listdir(module_dir) if n.endswith(".tflite") or n == "labels.txt")
+    else:
+        members, _ = archive_members(module_dir)
+    directory = os.path.join(tree, variation.framework, variation.slug)
+    files = []
+    for member in members:
+        source, target = os.path.join(module_dir, member), os.path.join(directory, member)
+        if os.path.isdir(source):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(source, target)
+        files.append(member)
+    metadata = {"ownerSlug": variation.owner, "modelSlug": variation.model_slug, "instanceSlug": variation.slug,
+                "framework": variation.framework, "overview": module_docs.instance_overview(variation),
+                "usage": module_docs.instance_usage(variation), "licenseName": license_name,
+                "fineTunable": variation.format == "hub" or variation.format == "hub_tf1",
+                "trainingData": module_docs.dataset_tags(variation.info.get("weights", ""),
+                                                         variation.info.get("num_classes")),
+                "modelInstanceType": "Unspecified"}
+    with open(os.path.join(directory, kaggle_models.INSTANCE_METADATA), "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=2)
+    return sorted(files)
+
+
+def write_kaggle_tree(jobs, tree: str, owner: str, model_slug: str, license: str, private: bool) -> List[Dict]:
+    """The upload tree of ``jobs`` ((info, role, module dir, name) per module) in ``tree``;
+    checked with kaggle_models.check_tree. Returns the manifest's variations."""
+    license_name = kaggle_models.LICENSE_NAMES[license]
+    variations, listed = [], []
+    for info, role, module_dir, _ in jobs:
+        signatures = {} if info["format"] == "tflite" else signatures_of(module_dir)
+        variation = module_docs.Variation(owner, model_slug, info["format"], role, info, signatures)
+        files = write_variation(variation, module_dir, tree, license_name)
+        variations.append(variation)
+        listed.append({"framework": variation.framework, "slug": variation.slug, "handle": variation.handle,
+                       "files": files, "version_notes": version_notes(info)})
+    title = f"EfficientNet {variations[0].info['model_name']}" if model_slug == variations[0].info["model_name"] \
+        else model_slug
+    model = {"ownerSlug": owner, "title": title, "slug": model_slug, "licenseName": license_name,
+             "subtitle": f"{variations[0].info['model_name']} image classification and feature vectors (TF-Hub modules)",
+             "isPrivate": private, "description": module_docs.model_card(variations),
+             "provenanceSources": variations[0].info.get("weights", "")}
+    with open(os.path.join(tree, kaggle_models.MODEL_METADATA), "w", encoding="utf-8") as f:
+        json.dump(model, f, indent=2)
+    with open(os.path.join(tree, kaggle_models.MANIFEST), "w", encoding="utf-8") as f:
+        json.dump({"model": f"{owner}/{model_slug}", "variations": listed}, f, indent=2)
+    kaggle_models.check_tree(tree)
+    return listed
+
+
+def check_kaggle_request(owner: Optional[str], license: str) -> None:
+    """Rejects a bad Kaggle owner or a license Kaggle Models lacks (ValueError naming the value)."""
+    if not owner or not kaggle_models.SLUG.fullmatch(owner):
+        raise ValueError(f"Bad Kaggle owner {owner!r}: give --owner=NAME, a Kaggle user or organization slug "
+                         "(lowercase letters, digits, '-')")
+    if license not in kaggle_models.LICENSE_NAMES:
+        raise ValueError(f"License {license!r} has no Kaggle Models name; valid: {sorted(kaggle_models.LICENSE_NAMES)}")
+
+
 def read_info(export_dir: str) -> Dict:
     path = os.path.join(export_dir, INFO_FILENAME)
     if not os.path.isfile(path):
@@ -94,11 +187,11 @@ def read_info(export_dir: str) -> Dict:
 def modules_of(export_dir: str, info: Dict, module_name: str) -> List[Tuple[str, str, str]]:
     """(role, module dir, hub name) of each module in an export."""
     fmt = info.get("format")
-    if fmt not in PUBLISHABLE_FORMATS:
-        raise ValueError(f"{export_dir!r} holds format {fmt!r}; publishable: {', '.join(sorted(PUBLISHABLE_FORMATS))}")
-    if fmt == "hub_tf1":
+    if fmt not in KAGGLE_FORMATS:
+        raise ValueError(f"{export_dir!r} holds format {fmt!r}; publishable: {', '.join(sorted(KAGGLE_FORMATS))}")
+    if fmt in ("hub_tf1", "tflite"):
         role = "classification" if info.get("num_classes") else "feature_vector"
-        return [(role, export_dir, f"{module_name}/tf1/{role}")]
+        return [(role, export_dir, f"{module_name}/{'tf1' if fmt == 'hub_tf1' else fmt}/{role}")]
     found = [(role, os.path.join(export_dir, role), f"{module_name}/{role}") for role in TF2_MODULES
              if os.path.isdir(os.path.join(export_dir, role))]
     if not found:
@@ -204,20 +297,25 @@ def signatures_of(module_dir: str) -> Dict[str, Dict[str, List[str]]]:
     return result
 
 
-def publish(export_dir: Union[str, Sequence[str]], publish_dir: Optional[str] = None, *, publisher: str,
-            module_name: Optional[str] = None, version: int = 1, license: str = "apache-2.0",
+def publish(export_dir: Union[str, Sequence[str]], publish_dir: Optional[str] = None, *,
+            owner: Optional[str] = None, publisher: Optional[str] = None, module_name: Optional[str] = None,
+            version: int = 1, license: str = "apache-2.0", private: bool = True, tfhub_docs: bool = False,
             overwrite: bool = False) -> List[PublishedModule]:
-    """Archives and documents every hub module of ``export_dir`` (see the module docstring); a
-    list of export directories (e.g. the hub and hub_tf1 exports of one model) goes into one
-    ``publish_dir``.
+    """Writes the Kaggle Models upload tree of every hub module of ``export_dir`` (see the module
+    docstring); a list of export directories (e.g. the hub and hub_tf1 exports of one model) goes
+    into one ``publish_dir``.
 
-    module_name: default the variant (``export_info.json`` model_name). Every page is checked with
-    module_docs.check (file location and publisher page included) and every archive with
-    check_archive before ``publish_dir`` is renamed into place; nothing is left on failure.
+    owner: the Kaggle owner slug (default ``publisher``); module_name: default the variant
+    (``export_info.json`` model_name), the Kaggle model slug is made from it. With ``tfhub_docs``
+    also the tfhub.dev archives and pages (``publisher``, ``version``), each page checked with
+    module_docs.check and each archive with check_archive. The tree passes
+    kaggle_models.check_tree before ``publish_dir`` is renamed into place; nothing is left on failure.
     """
     from export.atomic import atomic_export_dir
     from export.progress import step
 
+    owner = owner or publisher
+    check_kaggle_request(owner, license)
     export_dirs = [export_dir] if isinstance(export_dir, (str, os.PathLike)) else list(export_dir)
     export_dirs = [os.path.abspath(os.fspath(d)) for d in export_dirs]
     if not export_dirs or (publish_dir is None and len(export_dirs) > 1):
@@ -227,45 +325,148 @@ def publish(export_dir: Union[str, Sequence[str]], publish_dir: Optional[str] = 
     for directory in export_dirs:
         info = read_info(directory)
         name = module_name or info["model_name"]
-        check_request(info.get("format"), publisher, name, version, license, publish_dir, overwrite)
+        check_request(info.get("format") if info.get("format") != "tflite" else "hub",  # tflite: Kaggle only
+                      publisher if tfhub_docs else owner, name, version, license, publish_dir, overwrite)
         jobs += [(info, *module) for module in modules_of(directory, info, name)]
     handles = [name for _, _, _, name in jobs]
     if len(set(handles)) != len(handles):
         raise ValueError(f"Two exports give the same module names {sorted(handles)}")
+    model_slug = kaggle_slug(module_name or jobs[0][0]["model_name"])
     published = []
     with atomic_export_dir(publish_dir, overwrite) as staging:
-        docs_root = os.path.join(staging, "docs")
-        os.makedirs(os.path.join(docs_root, publisher))
-        os.makedirs(os.path.join(staging, "archives"))
-        with open(os.path.join(docs_root, publisher, f"{publisher}.md"), "w", encoding="utf-8") as f:
-            f.write(module_docs.publisher_page(publisher))
-        for info, role, module_dir, name in jobs:
-            with step(f"publish: packaging {publisher}/{name}/{version}"):
-                members, left_out = archive_members(module_dir)
-                archive_name = f"{publisher}-{name.replace('/', '-')}-{version}.tar.gz"
-                archive = os.path.join(staging, "archives", archive_name)
-                write_archive(module_dir, members, archive)
-                check_archive(archive)
-                page = module_docs.ModulePage(publisher, name, version, info["format"], role, archive_name,
-                                              license, info, signatures_of(module_dir))
-                doc = os.path.join(docs_root, publisher, "models", *name.split("/"), f"{version}.md")
-                os.makedirs(os.path.dirname(doc), exist_ok=True)
-                text = module_docs.render(page)
-                module_docs.check(text, doc, docs_root)
-                with open(doc, "w", encoding="utf-8") as f:
-                    f.write(text)
-            published.append(PublishedModule(page.handle, page.hub_format, role, module_dir, archive, doc,
-                                             members, left_out, os.path.getsize(archive)))
-    for item in published:  # the paths after the rename
-        item.archive = os.path.join(publish_dir, os.path.relpath(item.archive, staging))
-        item.doc = os.path.join(publish_dir, os.path.relpath(item.doc, staging))
+        with step(f"publish: writing the Kaggle Models tree of {owner}/{model_slug}"):
+            variations = write_kaggle_tree(jobs, staging, owner, model_slug, license, private)
+        if tfhub_docs:
+            docs_root = os.path.join(staging, "docs")
+            os.makedirs(os.path.join(docs_root, publisher))
+            os.makedirs(os.path.join(staging, "archives"))
+            with open(os.path.join(docs_root, publisher, f"{publisher}.md"), "w", encoding="utf-8") as f:
+                f.write(module_docs.publisher_page(publisher))
+        for (info, role, module_dir, name), variation in zip(jobs, variations):
+            item = PublishedModule(f"{publisher}/{name}/{version}", module_docs.HUB_FORMAT.get(info["format"], "tflite"), role,
+                                   module_dir, None, None, [], [], 0, variation["handle"],
+                                   os.path.join(publish_dir, variation["framework"], variation["slug"]))
+            if tfhub_docs and info["format"] in PUBLISHABLE_FORMATS:
+                with step(f"publish: packaging {publisher}/{name}/{version}"):
+                    item.members, item.left_out = archive_members(module_dir)
+                    archive_name = f"{publisher}-{name.replace('/', '-')}-{version}.tar.gz"
+                    archive = os.path.join(staging, "archives", archive_name)
+                    write_archive(module_dir, item.members, archive)
+                    check_archive(archive)
+                    page = module_docs.ModulePage(publisher, name, version, info["format"], role, archive_name,
+                                                  license, info, signatures_of(module_dir))
+                    doc = os.path.join(docs_root, publisher, "models", *name.split("/"), f"{version}.md")
+                    os.makedirs(os.path.dirname(doc), exist_ok=True)
+                    text = module_docs.render(page)
+                    module_docs.check(text, doc, docs_root)
+                    with open(doc, "w", encoding="utf-8") as f:
+                        f.write(text)
+                item.archive_bytes = os.path.getsize(archive)
+                item.archive = os.path.join(publish_dir, os.path.relpath(archive, staging))  # after the rename
+                item.doc = os.path.join(publish_dir, os.path.relpath(doc, staging))
+            published.append(item)
     return published
 
 
 def summary(published: List[PublishedModule]) -> str:
-    lines = [f"Published {len(published)} module(s) (pages pass the tfhub.dev validator's rules):"]
+    """What ``publish`` wrote, for the console."""
+    lines = [f"Published {len(published)} module(s) as Kaggle Models variations (the tree passes "
+             "export.kaggle_models.check_tree; upload: python -m export.publish upload DIR --owner=NAME):"]
     for item in published:
-        lines.append(f"  {item.handle} ({item.format}): {item.archive} ({item.archive_bytes / 2**20:.1f} MiB, "
-                     f"{len(item.members)} members), page {item.doc}")
+        lines.append(f"  {item.kaggle_handle}: {item.variation_dir}")
+    for item in published:
+        if item.archive:
+            lines.append(f"  tfhub.dev {item.handle} ({item.format}): {item.archive} ({item.archive_bytes / 2**20:.1f} "
+                         f"MiB, {len(item.members)} members), page {item.doc}")
     return "\n".join(lines)
 
+
+
+# ----------------------------------------------------------------------------- upload
+class UploadError(RuntimeError):
+    """An upload did not happen (or not all of it); the message says what was uploaded."""
+
+
+def _credentials_source() -> Optional[str]:
+    """Where kagglehub would find credentials, or None (its config.get_kaggle_credentials)."""
+    from kagglehub.config import get_kaggle_credentials
+
+    return "found" if get_kaggle_credentials() else None
+
+
+def _host_of(error: BaseException) -> str:
+    request = getattr(error, "request", None)
+    url = getattr(request, "url", None) or ""
+    match = re.search(r"host='([^']+)'", str(error)) or re.search(r"https?://([^/:]+)", url)
+    return match.group(1) if match else "the Kaggle API"
+
+
+def upload(tree: str, owner: str, model_slug: Optional[str] = None) -> List[str]:
+    """Uploads every variation of a checked tree with ``kagglehub.model_upload`` as
+    ``OWNER/MODEL/FRAMEWORK/VARIATION`` (a new version when it exists), version notes from the
+    manifest. Returns the handles uploaded.
+
+    Raises:
+      ImportError: kagglehub is not installed.
+      TreeError: the tree breaks a rule (nothing is uploaded).
+      UploadError: no credentials, no network, or Kaggle refused; names what is missing and which
+        variations were uploaded before.
+    """
+    try:
+        import kagglehub
+    except ImportError as err:
+        raise ImportError("Uploading needs kagglehub: pip install efficientnet_tf[kaggle]") from err
+    manifest = kaggle_models.check_tree(tree)
+    with open(os.path.join(tree, kaggle_models.MODEL_METADATA), encoding="utf-8") as f:
+        model = json.load(f)
+    check_kaggle_request(owner, "apache-2.0")
+    model_slug = model_slug or model["slug"]
+    if _credentials_source() is None:
+        raise UploadError("No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or put "
+                          "kaggle.json (from kaggle.com/settings, 'Create New Token') in ~/.kaggle or "
+                          "$KAGGLE_CONFIG_DIR. Nothing was uploaded.")
+    done = []
+    for variation in manifest["variations"]:
+        handle = f"{owner}/{model_slug}/{variation['framework']}/{variation['slug']}"
+        directory = os.path.join(tree, variation["framework"], variation["slug"])
+        with open(os.path.join(directory, kaggle_models.INSTANCE_METADATA), encoding="utf-8") as f:
+            license_name = json.load(f)["licenseName"]
+        try:
+            kagglehub.model_upload(handle, directory, license_name=license_name,
+                                   version_notes=variation["version_notes"],
+                                   ignore_patterns=list(kaggle_models.UPLOAD_IGNORE))
+        except Exception as err:  # requests' ConnectionError, kagglehub's BackendError / KaggleApiHTTPError
+            import requests
+
+            uploaded = f"uploaded before: {done}" if done else "nothing was uploaded"
+            if isinstance(err, requests.exceptions.ConnectionError):
+                raise UploadError(f"Cannot reach {_host_of(err)} to upload {handle} (no network?); {uploaded}.") from err
+            raise UploadError(f"Kaggle refused {handle}: {err}; {uploaded}.") from err
+        done.append(handle)
+    return done
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m export.publish upload DIR --owner=NAME [--model_slug=SLUG]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m export.publish", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("upload", help="upload a Kaggle Models tree written by --publish")
+    command.add_argument("dir", help="the publish directory (EXPORT_DIR-publish)")
+    command.add_argument("--owner", required=True, help="Kaggle user or organization slug")
+    command.add_argument("--model_slug", default=None, help="default: the tree's model-metadata.json slug")
+    args = parser.parse_args(argv)
+    try:
+        handles = upload(args.dir, args.owner, args.model_slug)
+    except (UploadError, ImportError, ValueError) as err:
+        print(f"upload failed: {err}", file=sys.stderr)
+        return 1
+    print(f"Uploaded {len(handles)} variation(s): " + ", ".join(handles))
+    print(f"Model card and variation texts are in {args.dir}: apply them with the kaggle CLI, "
+          f"`kaggle models update -p {args.dir}` and `kaggle models variations update -p DIR/FRAMEWORK/VARIATION`.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

