@@ -31,6 +31,10 @@ setup(
     python_requires=">=3.10",
     install_requires=requirements(),
     extras_require={"torch": ["torch>=2.1", "safetensors>=0.4"],
-                    "openvino": ["openvino>=2025.0"]},  # export format "openvino"
+                    "openvino": ["openvino>=2025.0"],  # export format "openvino"
+                    # export format "onnx" (converter + the runtime it is verified in)
+                    "onnx": ["tf2onnx>=1.17", "onnx>=1.16", "onnxruntime>=1.18"],
+                    # MediaPipe Tasks' ImageClassifier check of the TF-Lite export
+                    "mediapipe": ["mediapipe>=1.2"]},
     entry_points={"console_scripts": ["efficientnet-tf=efficientnet_tf.__main__:main"]},
 )
