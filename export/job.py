@@ -11,7 +11,12 @@ import numpy as np
 
 from export import photos
 
-QUANTIZE_MODES = ("int8",)
+# What each mode quantizes (the formats that implement them list theirs in ``quantize_modes``).
+QUANTIZE_MODES = {
+    "int8": "full-integer: weights and activations int8, uint8 input/output, calibrated on real photographs",
+    "float16": "weights stored as float16 (half the size), computed in float32",
+    "dynamic": "dynamic range: weights int8, activations quantized on the fly, float input/output",
+}
 
 
 @dataclasses.dataclass
@@ -131,7 +136,7 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
         raise ValueError(f"image_size={image_size} does not fit the model's fixed input {input_hw}")
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ValueError(f"Unknown quantize {quantize!r}; valid values: {', '.join(QUANTIZE_MODES)}")
-    if calibration_images is not None and quantize is None:
+    if calibration_images is not None and quantize != "int8":
         raise ValueError("calibration_images are only used with quantize='int8'")
 
     endpoints = efficientnet_tf.endpoints_model(model)

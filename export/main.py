@@ -41,8 +41,9 @@ flags.DEFINE_string("format", "hub", f"<{'|'.join(FORMATS)}>, a comma-separated 
                         f"{name} = {exporter.layout}" for name, exporter in FORMATS.items()) + ".")
 flags.DEFINE_integer("num_classes", 1000, "Classifier outputs (must match the weights; a tag's own, e.g. "
                      "21843 for imagenet21k, when left at 1000).", lower_bound=1)
-flags.DEFINE_enum("quantize", None, list(QUANTIZE_MODES), "tflite only: int8 = full-integer "
-                  "quantization calibrated on real photographs.")
+flags.DEFINE_enum("quantize", None, list(QUANTIZE_MODES), "Formats " + ", ".join(
+    name for name, e in FORMATS.items() if e.quantize_modes) + " only: " + "; ".join(
+    f"{mode} = {what}" for mode, what in QUANTIZE_MODES.items()) + ".")
 flags.DEFINE_integer("image_size", None, "Input size to document and verify at (default: the variant's "
                      "resolution); the TF-Lite input size.", lower_bound=32)
 flags.DEFINE_string("labels", None, "Text file with one class name per line (default: ImageNet labels "
