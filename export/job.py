@@ -35,6 +35,9 @@ class ExportJob:
     quantize: Optional[str] = None  # formats that quantize read it ("int8")
     calibration_images: Optional[Sequence] = None  # int8 representative data
     spec: object = None  # efficientnet_tf.spec.ModelSpec of the model
+    eval_data: Optional[str] = None  # labeled data for the accuracy cost of quantized exports
+    max_accuracy_drop: float = 1.0  # points of top-1 a quantized export may lose on eval_data
+    eval_set: object = None  # export.accuracy.EvalSet loaded from eval_data (checked before any work)
 
     def input_spec(self, batch: Optional[int] = None):
         import tensorflow as tf

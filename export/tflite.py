@@ -33,10 +33,11 @@ import tensorflow as tf
 from absl import logging
 
 import efficientnet_tf
-from efficientnet_tf.preprocessing import (eval_config, preprocess_array, preprocess_bytes, resize, to_rgb,
+from efficientnet_tf.preprocessing import (eval_config, preprocess_array, resize, to_rgb,
                                            to_unit_range)
 from efficientnet_tf.spec import model_spec
 from export import mediapipe_client, photos, progress, tflite_metadata, trace
+from export.accuracy import photo_images
 from export.exporter import Exporter
 from export.job import QUANTIZE_MODES, ExportJob
 from export.verify import Tolerance, Verification
@@ -228,14 +229,6 @@ def export(job: ExportJob, staging_dir: str) -> List[str]:
     return paths
 
 
-def photo_images(job: ExportJob) -> np.ndarray:
-    """The real photographs as uint8 [N, S, S, 3] after the evaluation crop and resize: what a
-    phone app hands the model (MediaPipe's resize of an S x S image is then the identity)."""
-    config = eval_config(job.model_name, job.image_size)
-    return np.stack([np.round(preprocess_bytes(data, config).numpy() * 255.0).astype(np.uint8)
-                     for _, data in photos.load()])
-
-
 def verify_mediapipe(job: ExportJob, path: str, content: bytes, record: Verification) -> None:
     """MediaPipe's ImageClassifier on the photographs: it loads the file, names our classes, and
     for float models gives the Keras model's top-1 wherever the Keras top-1 leads by more than
@@ -310,6 +303,10 @@ class TFLiteExporter(Exporter):
 
     def verify(self, job: ExportJob, out_dir: str) -> Verification:
         return verify(job, out_dir)
+
+    def predict(self, job: ExportJob, out_dir: str, images: np.ndarray) -> np.ndarray:
+        with open(os.path.join(out_dir, FILENAME), "rb") as f:
+            return run(f.read(), images)
 
 
 EXPORTER = TFLiteExporter()
