@@ -2,6 +2,8 @@
 
     python -m bench.report        # after bench.inference, bench.train and bench.input (and
                                   # bench.stages, whose tables it adds when present)
+    python -m bench.report --deploy   # docs/export.md's "which format for which runtime" table,
+                                      # from inference_deploy.json and quantization.json
 """
 
 from __future__ import annotations
@@ -99,8 +101,53 @@ def section() -> str:
     return "\n".join(lines)
 
 
+# The runtime each deployment target runs, as its row in bench.inference (bench.workers' names).
+DEPLOY = (
+    ("TF Serving", "saved_model", "ours: SavedModel (export/, TF)"),
+    ("OpenVINO Model Server", "openvino", "ours: OpenVINO IR (export/)"),
+    ("Triton / ONNX Runtime / TensorRT", "onnx", "ours: ONNX Runtime on our ONNX (export/)"),
+    ("MediaPipe / LiteRT (phones)", "tflite", "ours: TF-Lite (export/, LiteRT)"),
+    ("TF-Hub consumers (hub.KerasLayer, TFSMLayer)", "hub", "ours: Keras model (TF)"),
+)
+
+
+def deploy_section() -> str:
+    """The table of docs/export.md: per deployment target the format, B0's measured batch-1 and
+    batch-32 figures (bench.inference) and TF-Lite's quantized variants' accuracy cost
+    (bench.quantization)."""
+    inf, quant = _load("inference_deploy"), _load("quantization")
+    key = next(iter(inf["models"]))
+    model = inf["models"][key]
+    rows = []
+    for target, fmt, row_name in DEPLOY:
+        one = inf["results"].get(f"{key}/batch1", {}).get(row_name)
+        many = inf["results"].get(f"{key}/batch32", {}).get(row_name)
+        rows.append([target, f"`{fmt}`", f"{one['p50_ms']:.1f}" if one else "-",
+                     f"{many['images_per_sec']:.0f}" if many else "- (one image per call)",
+                     "float32: same outputs (verified)"])
+    base = quant["results"]["float32"]
+    for mode, row in quant["results"].items():
+        if mode == "float32":
+            continue
+        rows.append(["MediaPipe / LiteRT (phones)", f"`tflite --quantize={mode}`", "-", "-",
+                     f"{row['float_top1']:.2f}% -> {row['quantized_top1']:.2f}% top-1 "
+                     f"({0.0 - row['drop_points'] + 0.0:+.2f} points); {row['bytes'] / base['bytes']:.2f}x the size; "
+                     f"LiteRT at {quant['settings']['image_size']} px {row['litert_batch1_ms']:.2f} ms "
+                     f"(float32 {base['litert_batch1_ms']:.2f})"])
+    head = (f"{model['variant']} at {model['size']} px, random weights, float32 "
+            f"(`{inf['command']}`, {common.machine_line(inf)}, load average "
+            f"{inf['load_average_start'][0]:.1f}); accuracy: {quant['settings']['model']} trained "
+            f"{quant['settings']['train_steps']} steps on the digits, top-1 on the 360 held-out digits, "
+            f"float model -> export (`{quant['command']}`).")
+    table = common.markdown_table(["deploy with", "--format", "batch 1 p50 ms", "batch 32 images/s",
+                                   "accuracy"], rows)
+    return head + "\n\n" + table
+
+
 def main(argv=None):
-    del argv
+    if argv and "--deploy" in argv:
+        print(deploy_section())
+        return
     print(section())
 
 
