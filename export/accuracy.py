@@ -86,8 +86,9 @@ def _tfds(name: str, num_classes: int) -> EvalSet:
     try:
         builder = tfds.builder(name)
     except Exception as err:  # DatasetNotFoundError and friends: a name that is no dataset
+        detail = (str(err).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"eval_data={name!r} is not {DIGITS!r}, an existing folder root/<class>/, or a TFDS dataset "
-                         f"name ({type(err).__name__})") from None
+                         f"name ({type(err).__name__}: {detail})") from None
     if not builder.is_prepared():
         raise ValueError(f"eval_data={name!r}: the TFDS dataset is not prepared in {builder.data_dir!r} "
                          "(tfds build it first)")

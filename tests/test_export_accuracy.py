@@ -70,6 +70,23 @@ def test_impossible_max_accuracy_drop_fails_cleanly_with_both_numbers(digits_run
     assert os.listdir(tmp_path) == []
 
 
+def test_eval_data_folder_of_class_folders(digits_run, tmp_path):
+    from PIL import Image
+
+    model = digits_run[0]
+    images, labels = digits_images_and_labels()
+    test = split_indices(labels)["test"][:60]
+    root = tmp_path / "digits_folder"
+    for i in test:  # root/<class name>/<file>: the model's class names are class_0 ... class_9
+        (root / f"class_{labels[i]}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(root / f"class_{labels[i]}" / f"{i}.png")
+    result = export_model(model, str(tmp_path / "dynamic"), format="tflite", quantize="dynamic", image_size=SIZE,
+                          eval_data=str(root), max_accuracy_drop=100)
+    cost = result.accuracy["eval"]
+    assert cost["source"] == str(root) and cost["images"] == 60
+    assert 0 <= cost["quantized_top1"] <= 100 and cost["float_top1"] > 20
+
+
 def run_main_export(*args):
     return subprocess.run([sys.executable, "-m", "export.main", "--model_name=efficientnet-b0", "--num_classes=10",
                            f"--image_size={SIZE}", "--format=tflite", "--quantize=int8", "--eval_data=digits", *args],
@@ -84,6 +101,7 @@ def small_model():
 @pytest.mark.parametrize("eval_data,message", [
     ("no_such_dataset_anywhere", "is not 'digits', an existing folder root/<class>/, or a TFDS dataset name"),
     ("/no/such/folder", "is not a folder root/<class>/"),
+    ("mnist", "the TFDS dataset is not prepared"),  # a TFDS name, never downloaded here (no network)
 ])
 def test_eval_data_that_does_not_exist(small_model, tmp_path, eval_data, message):
     with pytest.raises(ValueError, match=message):
