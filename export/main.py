@@ -2,7 +2,8 @@ r"""Exports an EfficientNet in the formats of ``export.formats.FORMATS``, verifi
 
     python -m export.main --model_name=efficientnet-b2 --weights=SOURCE --export_dir=DIR \
         [--format=FORMAT|LIST|all] [--quantize=MODE] [--num_classes=1000] \
-        [--image_size=N] [--labels=FILE] [--calibration_images=GLOB] [--overwrite]
+        [--image_size=N] [--labels=FILE] [--calibration_images=GLOB] [--eval_data=DATA]
+        [--max_accuracy_drop=POINTS] [--overwrite]
 
 SOURCE is anything ``efficientnet_tf.load_weights`` accepts: a published weight set by tag
 (``imagenet``, ``autoaugment``, ``advprop``, ``imagenet21k``, ...: ``python -m efficientnet_tf
