@@ -4,6 +4,7 @@ reloaded in ONNX Runtime at batch 1 and 5 and compared with the Keras model."""
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -19,10 +20,17 @@ pytestmark = pytest.mark.integration
 
 
 def _model(name):
+    keras.utils.set_random_seed(0)  # the initializers too: the same weights in every run
     built = efficientnet_tf.build_model(name)
-    randomize_like_trained(built, np.random.default_rng(1).uniform(size=(4, SIZE, SIZE, 3)).astype("float32"))
+    calibration = np.random.default_rng(1).uniform(size=(4, SIZE, SIZE, 3)).astype("float32")
+    randomize_like_trained(built, calibration)
+    # Logits of magnitude ~10 like a trained net's: probabilities far from uniform, and far from
+    # the ill-conditioned range where float rounding alone moves them (export.ILL_CONDITIONED_LOGITS).
+    logits = efficientnet_tf.endpoints_model(built)(calibration, training=False)["logits"]
     head = built.get_layer("predictions")
-    head.kernel.assign(head.kernel * 30.0)  # logits of ~30: probabilities far from uniform
+    scale = 10.0 / float(np.abs(logits).max())
+    head.kernel.assign(head.kernel * scale)
+    head.bias.assign(head.bias * scale)
     return built
 
 
