@@ -1,7 +1,8 @@
 """Inference speed on CPU: our Keras model and exports (SavedModel, TF-Lite, OpenVINO IR) against
 keras.applications and the runtimes people serve EfficientNet with instead (ONNX Runtime and
-OpenVINO on timm's ONNX export, OpenVINO reading our SavedModel), one worker process per runtime
-(bench.workers), rounds alternating between all rows of a batch size.
+OpenVINO on timm's ONNX export, OpenVINO reading our SavedModel) and ONNX Runtime on our own ONNX
+export, one worker process per runtime (bench.workers), rounds alternating between all rows of a
+batch size.
 
     python -m bench.inference --quick         # B0 only, 2 rounds: a development check (~4 min)
     python -m bench.inference                 # B0 at 224 and V2-S at 384, batch 1 and 32
@@ -27,7 +28,7 @@ from bench import workers as w
 common.setup_environment()
 
 keras_applications_model = w.keras_applications_model  # bench.train's import
-OUR_EXPORTS = (w.SAVED, w.TFLITE, w.OV_IR)
+OUR_EXPORTS = (w.SAVED, w.TFLITE, w.OV_IR, w.ORT_OURS)
 PEERS = (w.ORT_ONNX, w.OV_ONNX, w.OV_SAVED)
 RUNTIMES = ("tf", "litert", "openvino", "onnxruntime")
 NEEDS = {"litert": ("tf",), "openvino": ("tf", "torch_onnx", "openvino_export"),
@@ -156,7 +157,7 @@ def main(argv=None):
                           "weights": "random init (speed does not depend on them)"}
     result["matmul_gflops"] = common.matmul_gflops()
     result["settings"]["tf_onednn"] = args.onednn
-    spec = {"sets": sets, "tflite_threads": args.tflite_threads, "plain_bn": True, "onednn": args.onednn,
+    spec = {"sets": sets, "runtimes": runtimes, "tflite_threads": args.tflite_threads, "plain_bn": True, "onednn": args.onednn,
             "intra_op": args.intra_op, "inter_op": args.inter_op}
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as workdir:
         spec["workdir"] = workdir

@@ -5,6 +5,8 @@
 
 Run after bench.inference, bench.train and bench.input (and bench.stages, whose tables it adds
 when present). Every figure on the page comes from bench/results/*.json.
+    (python -m bench.report also writes docs/export.md's "which format for which runtime"
+    table, between its generated-block markers, from inference_deploy.json and quantization.json)
 """
 
 from __future__ import annotations
@@ -102,6 +104,49 @@ def section() -> str:
     return "\n".join(lines)
 
 
+# The runtime each deployment target runs, as its row in bench.inference (bench.workers' names).
+DEPLOY = (
+    ("TF Serving", "saved_model", "ours: SavedModel (export/, TF)"),
+    ("OpenVINO Model Server", "openvino", "ours: OpenVINO IR (export/)"),
+    ("Triton / ONNX Runtime / TensorRT", "onnx", "ours: ONNX Runtime on our ONNX (export/)"),
+    ("MediaPipe / LiteRT (phones)", "tflite", "ours: TF-Lite (export/, LiteRT)"),
+    ("TF-Hub consumers (hub.KerasLayer, TFSMLayer)", "hub", "ours: Keras model (TF)"),
+)
+
+
+def deploy_section() -> str:
+    """The table of docs/export.md: per deployment target the format, B0's measured batch-1 and
+    batch-32 figures (bench.inference) and TF-Lite's quantized variants' accuracy cost
+    (bench.quantization)."""
+    inf, quant = _load("inference_deploy"), _load("quantization")
+    key = next(iter(inf["models"]))
+    model = inf["models"][key]
+    rows = []
+    for target, fmt, row_name in DEPLOY:
+        one = inf["results"].get(f"{key}/batch1", {}).get(row_name)
+        many = inf["results"].get(f"{key}/batch32", {}).get(row_name)
+        rows.append([target, f"`{fmt}`", f"{one['p50_ms']:.1f}" if one else "-",
+                     f"{many['images_per_sec']:.0f}" if many else "- (one image per call)",
+                     "float32: same outputs (verified)"])
+    base = quant["results"]["float32"]
+    for mode, row in quant["results"].items():
+        if mode == "float32":
+            continue
+        rows.append(["MediaPipe / LiteRT (phones)", f"`tflite --quantize={mode}`", "-", "-",
+                     f"{row['float_top1']:.2f}% -> {row['quantized_top1']:.2f}% top-1 "
+                     f"({0.0 - row['drop_points'] + 0.0:+.2f} points); {row['bytes'] / base['bytes']:.2f}x the size; "
+                     f"LiteRT at {quant['settings']['image_size']} px {row['litert_batch1_ms']:.2f} ms "
+                     f"(float32 {base['litert_batch1_ms']:.2f})"])
+    head = (f"{model['variant']} at {model['size']} px, random weights, float32 "
+            f"(`{inf['command']}`, {common.machine_line(inf)}, load average "
+            f"{inf['load_average_start'][0]:.1f}); accuracy: {quant['settings']['model']} trained "
+            f"{quant['settings']['train_steps']} steps on the digits, top-1 on the 360 held-out digits, "
+            f"float model -> export (`{quant['command']}`).")
+    table = common.markdown_table(["deploy with", "--format", "batch 1 p50 ms", "batch 32 images/s",
+                                   "accuracy"], rows)
+    return head + "\n\n" + table
+
+
 PAGE = os.path.join(common.REPO_ROOT, "docs", "performance-results.md")
 IMAGES = os.path.join(common.REPO_ROOT, "docs", "img")
 
@@ -150,24 +195,48 @@ def write_charts(out_dir: str = IMAGES) -> list:
     return written
 
 
+EXPORT_PAGE = os.path.join(common.REPO_ROOT, "docs", "export.md")
+DEPLOY_START = ("<!-- generated: python -m bench.report (bench/results/inference_deploy.json, "
+                "quantization.json) -->")
+DEPLOY_END = "<!-- end of generated table -->"
+
+
+def with_deploy_table(text: str) -> str:
+    """docs/export.md's text with the block between its markers replaced by deploy_section()."""
+    start, end = text.index(DEPLOY_START) + len(DEPLOY_START), text.index(DEPLOY_END)
+    return text[:start] + "\n" + deploy_section() + "\n" + text[end:]
+
+
+def generated_pages():
+    """{path: the text it should hold} for every generated page."""
+    with open(EXPORT_PAGE) as f:
+        export_page = f.read()
+    return {PAGE: page(), EXPORT_PAGE: with_deploy_table(export_page)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="compare docs/performance-results.md with the results; write nothing")
     args = parser.parse_args(argv)
-    text = page()
+    generated = generated_pages()
     if args.check:
-        with open(PAGE) as f:
-            current = f.read()
-        if current != text:
-            print(f"{common.repo_relative(PAGE)} is out of date: run `python -m bench.report`")
+        stale = []
+        for path, text in generated.items():
+            with open(path) as f:
+                if f.read() != text:
+                    stale.append(common.repo_relative(path))
+        if stale:
+            print(f"out of date: {', '.join(stale)}; run `python -m bench.report`")
             return 1
-        print(f"{common.repo_relative(PAGE)} matches bench/results/")
+        print("the generated pages match bench/results/")
         return 0
-    with open(f"{PAGE}.partial", "w") as f:
-        f.write(text)
-    os.replace(f"{PAGE}.partial", PAGE)
-    for path in [PAGE, *write_charts()]:
+    for path, text in generated.items():
+        with open(f"{path}.partial", "w") as f:
+            f.write(text)
+        os.replace(f"{path}.partial", path)
+        print(f"wrote {common.repo_relative(path)}")
+    for path in write_charts():
         print(f"wrote {common.repo_relative(path)}")
     return 0
 

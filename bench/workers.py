@@ -31,6 +31,7 @@ SAVED = "ours: SavedModel (export/, TF)"
 FOLDED = "ours: FoldedModel (efficientnet_tf.fast, TF)"
 TFLITE = "ours: TF-Lite (export/, LiteRT)"
 OV_IR = "ours: OpenVINO IR (export/)"
+ORT_OURS = "ours: ONNX Runtime on our ONNX (export/)"
 OV_SAVED = "peer: OpenVINO reading our SavedModel"
 ORT_ONNX = "peer: ONNX Runtime on timm ONNX"
 OV_ONNX = "peer: OpenVINO on timm ONNX"
@@ -123,6 +124,11 @@ def tf_candidates(spec):
             folded = FoldedModel(ours)
             cands[(set_name, FOLDED)] = lambda x, f=folded: f(tf.constant(x)).numpy()
         export_model(ours, os.path.join(work, "tflite"), format="tflite", image_size=size)
+        if "onnxruntime" in spec.get("runtimes", ("onnxruntime",)):  # format onnx, from the SavedModel above
+            from export.onnx import convert_saved_model
+            os.makedirs(os.path.join(work, "onnx"), exist_ok=True)
+            convert_saved_model(os.path.join(work, "saved_model", "1"), os.path.join(work, "onnx", "model.onnx"),
+                                size)
         np.save(os.path.join(work, "probe_probabilities.npy"), ours_fn(probe_images(size)).numpy())
         macs = common.count_macs(ours)
         facts[set_name] = {"macs_per_image": macs, "variant": variant, "size": size}
@@ -223,6 +229,10 @@ def onnxruntime_candidates(spec):
         session = ort.InferenceSession(os.path.join(spec["workdir"], set_name, "timm.onnx"),
                                        options, providers=["CPUExecutionProvider"])
         cands[(set_name, ORT_ONNX)] = lambda x, s=session: s.run(None, {"images": nchw(x)})[0]
+        ours = os.path.join(spec["workdir"], set_name, "onnx", "model.onnx")
+        if os.path.exists(ours):
+            session = ort.InferenceSession(ours, options, providers=["CPUExecutionProvider"])
+            cands[(set_name, ORT_OURS)] = lambda x, s=session: s.run(["probabilities"], {"images": x})[0]
     return cands, {}
 
 

@@ -1,6 +1,7 @@
 """Exporters: an efficientnet_tf Keras model -> every format in ``export.formats.FORMATS``
 (``python -m export.main --helpfull`` lists them with their layouts). Every export is reloaded
-and compared with the Keras model before it is moved into place.
+and compared with the Keras model before it is moved into place; a quantized one is accepted on
+its measured accuracy cost (``export.accuracy``).
 
     from export import export_model, export_formats
     result = export_model(model, "/tmp/b0_hub", format="hub")      # DIR holds the format
@@ -38,6 +39,7 @@ from absl import logging
 
 from export.atomic import ExportWriteError, atomic_export_dir, check_target, write_json
 from export.exporter import INFO_FILENAME, ExportResult, summary_table
+from export.accuracy import DEFAULT_MAX_DROP
 from export.job import QUANTIZE_MODES, ExportJob, prepare
 from export.verify import VerificationError
 
@@ -69,10 +71,19 @@ def parse_formats(formats: Union[str, Sequence[str]]) -> List[str]:
     return names
 
 
-def check_quantize(quantize: Optional[str], names: Sequence[str]) -> None:
+def check_quantize(quantize: Optional[str], names: Sequence[str], eval_data: Optional[str] = None,
+                   max_accuracy_drop: float = DEFAULT_MAX_DROP) -> None:
+    """ValueError before any work for a quantize mode no named format implements, or accuracy
+    options that cannot apply."""
     from export.formats import FORMATS
 
+    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) \
+            or not 0 <= max_accuracy_drop <= 100:
+        raise ValueError(f"max_accuracy_drop must be a number of points in [0, 100], got {max_accuracy_drop!r}")
     if quantize is None:
+        if eval_data is not None:
+            raise ValueError(f"eval_data={eval_data!r} measures what quantization costs; it needs quantize "
+                             f"(valid values: {', '.join(QUANTIZE_MODES)})")
         return
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"Unknown quantize {quantize!r}; valid values: {', '.join(QUANTIZE_MODES)}")
@@ -81,6 +92,16 @@ def check_quantize(quantize: Optional[str], names: Sequence[str]) -> None:
         valid = [n for n, e in FORMATS.items() if quantize in e.quantize_modes]
         raise ValueError(f"quantize={quantize!r} applies to format {' or '.join(map(repr, valid))} only, "
                          f"not {', '.join(map(repr, names))}")
+
+
+def _attach_eval_data(job: ExportJob, eval_data: Optional[str], max_accuracy_drop: float) -> None:
+    """Loads and checks the evaluation data against the model's classes (before any work)."""
+    from export import accuracy
+
+    job.max_accuracy_drop = float(max_accuracy_drop)
+    if eval_data is not None:
+        job.eval_data = os.fspath(eval_data)
+        job.eval_set = accuracy.load(job.eval_data, job.num_classes, job.class_names)
 
 
 # Trained EfficientNets give logits of order 10 on photographs; random weights without
@@ -116,17 +137,27 @@ def _export_one(job: ExportJob, name: str, staging: str, final: str) -> ExportRe
         record = exporter.verify(job, staging)
     except VerificationError as err:
         raise VerificationError(f"format {name}: {err}{_conditioning_hint(job)}", err.checks) from err
+    cost = None
+    if quantize and job.num_classes:
+        from export import accuracy
+
+        try:  # the measured cost decides whether a quantized export is accepted
+            cost = accuracy.measure(job, lambda images: exporter.predict(job, staging, images), record,
+                                    f"{name}_{quantize}")
+        except VerificationError as err:
+            raise VerificationError(f"format {name}: {err}", err.checks) from err
     gc.collect()  # drop the reloaded objects before the directory moves
     seconds = time.perf_counter() - started
     write_json(os.path.join(staging, INFO_FILENAME), dict(
         job.info(), format=name, layout=exporter.layout, quantize=quantize, export_seconds=round(seconds, 1),
+        accuracy_cost=cost,
         verification={"batch": f"{len(job.batch)} images ({len(job.batch) - 1} photographs, 1 noise)",
                       "max_abs_diff": record.diffs, "limits": record.limits,
                       "checks": [c.as_json() for c in record.checks], "notes": record.notes}))
     paths = sorted(os.path.join(final, os.path.relpath(os.path.join(root, f), staging))
                    for root, _, files in os.walk(staging) for f in files)
     result = ExportResult(name, final, job.model_name, job.image_size, paths, record.diffs, record.limits,
-                          seconds, quantize, list(record.notes), list(record.checks))
+                          seconds, quantize, list(record.notes), list(record.checks), cost)
     logging.info("Exported and verified %s in %.1fs: %s", final, result.seconds, "; ".join(
         f"{key} max-abs diff {diff:.3g} (limit {limit:.3g})" for key, diff, limit in result.worst.values()))
     return result
@@ -135,7 +166,8 @@ def _export_one(job: ExportJob, name: str, staging: str, final: str) -> ExportRe
 def export_formats(model, export_dir: str, formats: Union[str, Sequence[str]] = ALL, *,
                    model_name: Optional[str] = None, image_size: Optional[int] = None, overwrite: bool = False,
                    quantize: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
-                   calibration_images: Optional[Sequence] = None, weights: Optional[str] = None
+                   calibration_images: Optional[Sequence] = None, weights: Optional[str] = None,
+                   eval_data: Optional[str] = None, max_accuracy_drop: float = DEFAULT_MAX_DROP
                    ) -> List[ExportResult]:
     """Exports ``model`` in several formats at once: ``export_dir/<format>/`` each (the layout
     ``export_model`` gives DIR), from one prepared model and one verification batch.
@@ -149,9 +181,10 @@ def export_formats(model, export_dir: str, formats: Union[str, Sequence[str]] = 
     from export.formats import FORMATS
 
     names = parse_formats(formats)
-    check_quantize(quantize, names)
+    check_quantize(quantize, names, eval_data, max_accuracy_drop)
     check_target(export_dir, overwrite)
     job = prepare(model, model_name, image_size, class_names, weights, quantize, calibration_images)
+    _attach_eval_data(job, eval_data, max_accuracy_drop)
     for name in names:
         FORMATS[name].check(job)
     export_dir = os.path.abspath(os.fspath(export_dir))
@@ -162,6 +195,7 @@ def export_formats(model, export_dir: str, formats: Union[str, Sequence[str]] = 
             results.append(_export_one(job, name, os.path.join(staging, name), os.path.join(export_dir, name)))
         write_json(os.path.join(staging, INFO_FILENAME), dict(job.info(), formats=[
             {"format": r.format, "path": r.format, "layout": FORMATS[r.format].layout, "quantize": r.quantize,
+             "accuracy_cost": r.accuracy,
              "checks_passed": sum(c.passed for c in r.checks), "export_seconds": round(r.seconds, 1)}
             for r in results]))
     return results
@@ -170,7 +204,8 @@ def export_formats(model, export_dir: str, formats: Union[str, Sequence[str]] = 
 def export_model(model, export_dir: str, format: str = "hub", *, model_name: Optional[str] = None,
                  image_size: Optional[int] = None, overwrite: bool = False, quantize: Optional[str] = None,
                  class_names: Optional[Sequence[str]] = None, calibration_images: Optional[Sequence] = None,
-                 weights: Optional[str] = None) -> ExportResult:
+                 weights: Optional[str] = None, eval_data: Optional[str] = None,
+                 max_accuracy_drop: float = DEFAULT_MAX_DROP) -> ExportResult:
     """Exports ``model`` (an efficientnet_tf Keras model, float32) in ``format`` to ``export_dir``.
 
     model_name: the variant (default: the one the model's spec records); gives the default image size and the
@@ -182,6 +217,10 @@ def export_model(model, export_dir: str, format: str = "hub", *, model_name: Opt
     class_names: names of the classes (default: ImageNet labels for 1000 classes).
     calibration_images: int8 representative data (files, encoded bytes or arrays).
     weights: a description of where the weights came from, recorded in ``export_info.json``.
+    eval_data: labeled data on which a quantized export's top-1 is compared with the float
+      model's (``export.accuracy``: "digits", a folder root/<class>/, a TFDS name).
+    max_accuracy_drop: points of top-1 on ``eval_data`` a quantized export may lose (more: a
+      VerificationError with both accuracies, nothing written).
 
     Raises ValueError on bad arguments, FileExistsError when ``export_dir`` exists and not
     ``overwrite``, VerificationError when the reloaded export does not match the model and
@@ -193,10 +232,11 @@ def export_model(model, export_dir: str, format: str = "hub", *, model_name: Opt
     if not isinstance(format, str) or format not in FORMATS:
         raise ValueError(f"Unknown format {format!r}; valid values: {', '.join(FORMATS)} "
                          "(several at once: export_formats)")
-    check_quantize(quantize, [format])
+    check_quantize(quantize, [format], eval_data, max_accuracy_drop)
     started = time.perf_counter()
     check_target(export_dir, overwrite)
     job = prepare(model, model_name, image_size, class_names, weights, quantize, calibration_images)
+    _attach_eval_data(job, eval_data, max_accuracy_drop)
     FORMATS[format].check(job)
     export_dir = os.path.abspath(os.fspath(export_dir))
     with atomic_export_dir(export_dir, overwrite) as staging:

@@ -10,7 +10,10 @@ A format is one object with
   the caller renames it into place only after verification);
 - ``verify(job, out_dir) -> Verification``: reloads what was written the way users load it and
   compares it with the Keras model on ``job.batch`` / ``job.reference``; returns the record of
-  every check and raises VerificationError at the first failing one.
+  every check and raises VerificationError at the first failing one;
+- ``predict(job, out_dir, images) -> scores`` (formats with ``quantize_modes`` only): the written
+  export's class scores on float images, from which ``export.accuracy`` measures what a
+  quantization costs.
 
 Register it with one row in ``export.formats.FORMATS``.
 """
@@ -49,6 +52,11 @@ class Exporter:
     def verify(self, job, out_dir: str) -> Verification:
         raise NotImplementedError
 
+    def predict(self, job, out_dir: str, images):
+        """Class scores [N, classes] of the export in ``out_dir`` on float images [N, S, S, 3] in
+        [0, 1] (implemented by the formats that quantize)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"<export format {self.name!r}: {self.layout}>"
 
@@ -68,6 +76,19 @@ class ExportResult:
     quantize: Optional[str] = None
     notes: List[str] = dataclasses.field(default_factory=list)
     checks: List[Check] = dataclasses.field(default_factory=list)  # every check, in order
+    accuracy: Optional[Dict[str, object]] = None  # quantized exports: export.accuracy.measure's numbers
+
+    def accuracy_text(self) -> str:
+        """The accuracy cost in a few words ("-" for exports that do not quantize)."""
+        if not self.accuracy:
+            return "-"
+        parts = []
+        if "eval" in self.accuracy:
+            e = self.accuracy["eval"]
+            parts.append(f"top-1 {e['float_top1']:.1f}% -> {e['quantized_top1']:.1f}% ({e['images']} images)")
+        if "photos" in self.accuracy:
+            parts.append(f"agrees on {self.accuracy['photos']['top1_agreement']:.0%} of photos")
+        return "; ".join(parts) or "-"
 
     @property
     def worst(self) -> Dict[str, Tuple[str, float, float]]:
@@ -92,6 +113,8 @@ class ExportResult:
         if others:
             lines.append(f"  and {len(others)} other checks passed (layout, signatures, sizes, statistics)")
         lines.extend(f"  {n}" for n in self.notes)
+        if self.accuracy:
+            lines.append(f"  accuracy cost: {self.accuracy_text()}")
         return "\n".join(lines)
 
     def closest(self) -> str:
@@ -104,10 +127,11 @@ class ExportResult:
 
 def summary_table(results: List[ExportResult]) -> str:
     """One line per format: where, how many checks passed, the closest diff, the time."""
-    rows = [("format", "written to", "checks", "closest to its limit (diff / limit)", "seconds")]
+    rows = [("format", "written to", "checks", "closest to its limit (diff / limit)", "accuracy cost", "seconds")]
     for r in results:
         rows.append((r.format + (f" ({r.quantize})" if r.quantize else ""), r.export_dir,
-                     f"{sum(c.passed for c in r.checks)}/{len(r.checks)} passed", r.closest(), f"{r.seconds:.1f}"))
+                     f"{sum(c.passed for c in r.checks)}/{len(r.checks)} passed", r.closest(), r.accuracy_text(),
+                     f"{r.seconds:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from export import hub_tf1, hub_tf2, openvino, serving, tflite
+from export import hub_tf1, hub_tf2, onnx, openvino, serving, tflite
 from export.exporter import Exporter
 
 FORMATS: Dict[str, Exporter] = {exporter.name: exporter for exporter in (
@@ -14,4 +14,5 @@ FORMATS: Dict[str, Exporter] = {exporter.name: exporter for exporter in (
     serving.EXPORTER,
     tflite.EXPORTER,
     openvino.EXPORTER,  # optional dependency: its check() names the pip install
+    onnx.EXPORTER,  # optional dependencies (tf2onnx, onnxruntime), likewise
 )}

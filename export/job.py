@@ -14,7 +14,12 @@ from efficientnet_tf.preprocessing import eval_config
 from efficientnet_tf.weights.pretrained import weights_record
 from export import photos
 
-QUANTIZE_MODES = ("int8",)
+# What each mode quantizes (the formats that implement them list theirs in ``quantize_modes``).
+QUANTIZE_MODES = {
+    "int8": "full-integer: weights and activations int8, uint8 input/output, calibrated on real photographs",
+    "float16": "weights stored as float16 (half the size), computed in float32",
+    "dynamic": "dynamic range: weights int8, activations quantized on the fly, float input/output",
+}
 
 
 @dataclasses.dataclass
@@ -33,6 +38,9 @@ class ExportJob:
     quantize: Optional[str] = None  # formats that quantize read it ("int8")
     calibration_images: Optional[Sequence] = None  # int8 representative data
     spec: object = None  # efficientnet_tf.spec.ModelSpec of the model
+    eval_data: Optional[str] = None  # labeled data for the accuracy cost of quantized exports
+    max_accuracy_drop: float = 1.0  # points of top-1 a quantized export may lose on eval_data
+    eval_set: object = None  # export.accuracy.EvalSet loaded from eval_data (checked before any work)
 
     def input_spec(self, batch: Optional[int] = None):
         return tf.TensorSpec([batch, *self.input_hw, 3], tf.float32, name="images")
@@ -141,7 +149,7 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
         raise ValueError(f"image_size={image_size} does not fit the model's fixed input {input_hw}")
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise ValueError(f"Unknown quantize {quantize!r}; valid values: {', '.join(QUANTIZE_MODES)}")
-    if calibration_images is not None and quantize is None:
+    if calibration_images is not None and quantize != "int8":
         raise ValueError("calibration_images are only used with quantize='int8'")
 
     endpoints = efficientnet_tf.endpoints_model(model)

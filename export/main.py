@@ -2,7 +2,8 @@ r"""Exports an EfficientNet in the formats of ``export.formats.FORMATS``, verifi
 
     python -m export.main --model_name=efficientnet-b2 --weights=SOURCE --export_dir=DIR \
         [--format=FORMAT|LIST|all] [--quantize=MODE] [--num_classes=1000] \
-        [--image_size=N] [--labels=FILE] [--calibration_images=GLOB] [--overwrite]
+        [--image_size=N] [--labels=FILE] [--calibration_images=GLOB] [--eval_data=DATA]
+        [--max_accuracy_drop=POINTS] [--overwrite]
 
 SOURCE is anything ``efficientnet_tf.load_weights`` accepts: a published weight set by tag
 (``imagenet``, ``autoaugment``, ``advprop``, ``imagenet21k``, ...: ``python -m efficientnet_tf
@@ -41,8 +42,14 @@ flags.DEFINE_string("format", "hub", f"<{'|'.join(FORMATS)}>, a comma-separated 
                         f"{name} = {exporter.layout}" for name, exporter in FORMATS.items()) + ".")
 flags.DEFINE_integer("num_classes", 1000, "Classifier outputs (must match the weights; a tag's own, e.g. "
                      "21843 for imagenet21k, when left at 1000).", lower_bound=1)
-flags.DEFINE_enum("quantize", None, list(QUANTIZE_MODES), "tflite only: int8 = full-integer "
-                  "quantization calibrated on real photographs.")
+flags.DEFINE_enum("quantize", None, list(QUANTIZE_MODES), "Formats " + ", ".join(
+    name for name, e in FORMATS.items() if e.quantize_modes) + " only: " + "; ".join(
+    f"{mode} = {what}" for mode, what in QUANTIZE_MODES.items()) + ".")
+flags.DEFINE_string("eval_data", None, "With --quantize: labeled data on which the quantized export's top-1 is "
+                    "compared with the float model's: digits (the embedded 360 held-out digits), a folder "
+                    "root/<class>/ of images, or a TFDS dataset name.")
+flags.DEFINE_float("max_accuracy_drop", 1.0, "With --quantize and --eval_data: the points of top-1 accuracy a "
+                   "quantized export may lose; more fails the export (nothing is written).")
 flags.DEFINE_integer("image_size", None, "Input size to document and verify at (default: the variant's "
                      "resolution); the TF-Lite input size.", lower_bound=32)
 flags.DEFINE_string("labels", None, "Text file with one class name per line (default: ImageNet labels "
@@ -106,7 +113,7 @@ def run(argv) -> int:
 
     console.setup_from_flags()
     formats = parse_formats(FLAGS.format)  # bad arguments fail before any work
-    check_quantize(FLAGS.quantize, formats)
+    check_quantize(FLAGS.quantize, formats, FLAGS.eval_data, FLAGS.max_accuracy_drop)
     check_target(FLAGS.export_dir, FLAGS.overwrite)
     if FLAGS.publish:
         from export import publish
@@ -126,6 +133,11 @@ def run(argv) -> int:
 
     weight_set = build_facts(FLAGS.model_name, FLAGS.weights)  # a tag: its classes (21k: 21,843)
     classes = weight_set.classes if weight_set and FLAGS.num_classes == 1000 else FLAGS.num_classes
+    if FLAGS.eval_data:  # a missing folder or other classes than the model's: an error before the build
+        from efficientnet_tf.labels import class_names as default_class_names
+        from export.accuracy import load as load_eval_data
+
+        load_eval_data(FLAGS.eval_data, classes, default_class_names(classes, class_names))
     model = efficientnet_tf.build_model(FLAGS.model_name, classes=classes, classifier_activation=None)
     logging.info("Built %s (%s parameters) in %.1fs", FLAGS.model_name, f"{model.count_params():,}",
                  time.perf_counter() - started)
@@ -139,7 +151,8 @@ def run(argv) -> int:
         logging.warning("Exporting freshly initialized weights (no --weights)")
         weights = "none (freshly initialized)"
     options = dict(model_name=FLAGS.model_name, image_size=FLAGS.image_size, overwrite=FLAGS.overwrite,
-                   quantize=FLAGS.quantize, class_names=class_names, calibration_images=calibration, weights=weights)
+                   quantize=FLAGS.quantize, class_names=class_names, calibration_images=calibration, weights=weights,
+                   eval_data=FLAGS.eval_data, max_accuracy_drop=FLAGS.max_accuracy_drop)
     if FLAGS.format in FORMATS:  # one format named: DIR holds it
         results = [export_model(model, FLAGS.export_dir, FLAGS.format, **options)]
         print(results[0].summary())

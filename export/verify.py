@@ -39,7 +39,8 @@ TF_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-5)
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """One verified property: ``kind`` "max_abs_diff" (value <= limit) or "equal" (value == limit)."""
+    """One verified property: ``kind`` "max_abs_diff" or "at_most" (value <= limit), or "equal"
+    (value == limit)."""
 
     name: str
     value: object
@@ -50,6 +51,8 @@ class Check:
     def describe(self) -> str:
         if self.kind == "max_abs_diff":
             text = f"{self.name}: max-abs diff {self.value:.3g} (limit {self.limit:.3g})"
+        elif self.kind == "at_most":
+            text = f"{self.name}: {self.value:.3g} (at most {self.limit:.3g})"
         else:
             text = f"{self.name}: {self.value!r}" + ("" if self.passed else f" (expected {self.limit!r})")
         return text + ("" if self.passed else " FAILED")
@@ -102,6 +105,10 @@ class Verification:
         """Records ``value == expected``; raises with ``message`` when not."""
         return self._record(Check(name, value, expected, value == expected, "equal"),
                             message or f"{name} is {value!r}, expected {expected!r}")
+
+    def at_most(self, name: str, value: float, limit: float, message: str) -> Check:
+        """Records ``value <= limit`` (e.g. an accuracy drop in points); raises with ``message`` when not."""
+        return self._record(Check(name, float(value), float(limit), float(value) <= float(limit), "at_most"), message)
 
     @property
     def diffs(self) -> Dict[str, float]:

@@ -145,11 +145,12 @@ def test_page_snippets_run(page, tmp_path):
             python.close()
 
 
-def test_the_performance_page_is_generated_from_the_results():
+def test_generated_pages_match_the_results():
     from bench import report
 
-    with open(report.PAGE) as f:
-        assert f.read() == report.page(), "docs/performance-results.md is stale: run python -m bench.report"
+    for path, text in report.generated_pages().items():
+        with open(path) as f:
+            assert f.read() == text, f"{path} is stale: run python -m bench.report"
 
 
 def test_results_files_name_no_machine_paths():

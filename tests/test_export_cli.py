@@ -54,8 +54,8 @@ def test_cli_lists_valid_values(tmp_path):
     bad_model = _cli("--model_name=efficientnet-b9", f"--export_dir={tmp_path / 'x'}")
     assert bad_model.returncode != 0
     assert "efficientnet-b0|" in bad_model.stderr and "efficientnetv2-xl" in bad_model.stderr
-    bad_format = _cli("--model_name=efficientnet-b0", f"--export_dir={tmp_path / 'x'}", "--format=onnx")
-    assert bad_format.returncode != 0 and "<hub|hub_tf1|saved_model|tflite|openvino>" in bad_format.stderr
+    bad_format = _cli("--model_name=efficientnet-b0", f"--export_dir={tmp_path / 'x'}", "--format=coreml")
+    assert bad_format.returncode != 0 and "<hub|hub_tf1|saved_model|tflite|openvino|onnx>" in bad_format.stderr
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -126,4 +126,4 @@ def test_models_that_cannot_be_exported(tmp_path):
     with pytest.raises(ValueError, match="computes in float16; exports are float32"):
         export_model(mixed, str(tmp_path / "a"), format="tflite")
     assert os.listdir(tmp_path) == []
-    assert tuple(export.FORMATS) == ("hub", "hub_tf1", "saved_model", "tflite", "openvino")
+    assert tuple(export.FORMATS) == ("hub", "hub_tf1", "saved_model", "tflite", "openvino", "onnx")
