@@ -23,14 +23,17 @@ import time
 import numpy as np
 
 from bench import common
+from train import digits_dataset
+from export import tflite
+from efficientnet_tf.digits import digits_images_and_labels, split_indices
+from export import export_model
+from train.fine_tune import model_from_model_dir
 
 MODES = (None, "float16", "dynamic", "int8")
 SIZE = 48  # the digits recipe's evaluation size
 
 
 def _train(model_dir: str, steps: int) -> None:
-    from train import digits_dataset
-
     data_dir = os.path.join(model_dir, "tfds")
     digits_dataset.SklearnDigits(data_dir=data_dir).download_and_prepare()
     subprocess.run([sys.executable, "-m", "train.main", f"--model_dir={model_dir}/run", f"--data_dir={data_dir}",
@@ -39,8 +42,6 @@ def _train(model_dir: str, steps: int) -> None:
 
 
 def _latency_ms(path: str, calls: int = 50) -> float:
-    from export import tflite
-
     with open(path, "rb") as f:
         interp = tflite.interpreter(f.read(), num_threads=1)
     x = np.random.default_rng(0).uniform(size=(1, SIZE, SIZE, 3)).astype(np.float32)
@@ -59,9 +60,6 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="JSON path (default bench/results/)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    from efficientnet_tf.digits import digits_images_and_labels, split_indices
-    from export import export_model
-    from train.fine_tune import model_from_model_dir
 
     result = common.header("quantization", argv)
     result["settings"] = {"model": "efficientnet-b0", "image_size": SIZE, "train_steps": args.train_steps,

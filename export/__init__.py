@@ -42,23 +42,15 @@ from export.exporter import INFO_FILENAME, ExportResult, summary_table
 from export.accuracy import DEFAULT_MAX_DROP
 from export.job import QUANTIZE_MODES, ExportJob, prepare
 from export.verify import VerificationError
+from export.formats import FORMATS
+from export import accuracy
 
 ALL = "all"
-
-
-def __getattr__(name):
-    # The table imports TensorFlow; ``import export.photos`` (benchmarks, tests) should not.
-    if name == "FORMATS":
-        from export.formats import FORMATS
-
-        return FORMATS
-    raise AttributeError(f"module 'export' has no attribute {name!r}")
 
 
 def parse_formats(formats: Union[str, Sequence[str]]) -> List[str]:
     """``"hub"``, ``"hub,tflite"``, ``"all"`` or a list of names -> the list of format names
     (unknown names are a ValueError listing the valid ones)."""
-    from export.formats import FORMATS
 
     names = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
     if names == [ALL]:
@@ -75,7 +67,6 @@ def check_quantize(quantize: Optional[str], names: Sequence[str], eval_data: Opt
                    max_accuracy_drop: float = DEFAULT_MAX_DROP) -> None:
     """ValueError before any work for a quantize mode no named format implements, or accuracy
     options that cannot apply."""
-    from export.formats import FORMATS
 
     if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) \
             or not 0 <= max_accuracy_drop <= 100:
@@ -96,7 +87,6 @@ def check_quantize(quantize: Optional[str], names: Sequence[str], eval_data: Opt
 
 def _attach_eval_data(job: ExportJob, eval_data: Optional[str], max_accuracy_drop: float) -> None:
     """Loads and checks the evaluation data against the model's classes (before any work)."""
-    from export import accuracy
 
     job.max_accuracy_drop = float(max_accuracy_drop)
     if eval_data is not None:
@@ -125,7 +115,6 @@ def _conditioning_hint(job: ExportJob) -> str:
 
 def _export_one(job: ExportJob, name: str, staging: str, final: str) -> ExportResult:
     """Exports and verifies ``name`` into ``staging`` (an empty directory that becomes ``final``)."""
-    from export.formats import FORMATS
 
     exporter = FORMATS[name]
     quantize = job.quantize if job.quantize in exporter.quantize_modes else None
@@ -139,8 +128,6 @@ def _export_one(job: ExportJob, name: str, staging: str, final: str) -> ExportRe
         raise VerificationError(f"format {name}: {err}{_conditioning_hint(job)}", err.checks) from err
     cost = None
     if quantize and job.num_classes:
-        from export import accuracy
-
         try:  # the measured cost decides whether a quantized export is accepted
             cost = accuracy.measure(job, lambda images: exporter.predict(job, staging, images), record,
                                     f"{name}_{quantize}")
@@ -178,7 +165,6 @@ def export_formats(model, export_dir: str, formats: Union[str, Sequence[str]] = 
     at ``export_dir`` (and a previous export there untouched). Arguments and errors as
     :func:`export_model`.
     """
-    from export.formats import FORMATS
 
     names = parse_formats(formats)
     check_quantize(quantize, names, eval_data, max_accuracy_drop)
@@ -227,7 +213,6 @@ def export_model(model, export_dir: str, format: str = "hub", *, model_name: Opt
     ExportWriteError (an OSError) when writing fails, e.g. on a full disk (nothing is left at
     ``export_dir`` then, and a previous export there is untouched).
     """
-    from export.formats import FORMATS
 
     if not isinstance(format, str) or format not in FORMATS:
         raise ValueError(f"Unknown format {format!r}; valid values: {', '.join(FORMATS)} "

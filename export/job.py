@@ -13,6 +13,12 @@ import tensorflow as tf
 from efficientnet_tf.preprocessing import eval_config
 from efficientnet_tf.weights.pretrained import weights_record
 from export import photos
+import efficientnet_tf
+from efficientnet_tf.spec import model_spec
+import keras
+from efficientnet_tf import labels
+from efficientnet_tf.spec import ENDPOINT_LOGITS
+from efficientnet_tf.preprocessing import preprocess_bytes
 
 # What each mode quantizes (the formats that implement them list theirs in ``quantize_modes``).
 QUANTIZE_MODES = {
@@ -70,8 +76,6 @@ class ExportJob:
 
     def info(self) -> Dict[str, object]:
         """Facts written next to every export (and into the hub modules as an asset)."""
-        import efficientnet_tf
-        from efficientnet_tf.spec import model_spec
 
         info = efficientnet_tf.model_info(self.model_name)
         pre = self.eval_config()
@@ -97,8 +101,6 @@ class ExportJob:
 def _spec(model, model_name: Optional[str]):
     """The model's spec (what the builder recorded); ``model_name`` may name the variant when it
     cannot be told, and must agree with the spec otherwise."""
-    import efficientnet_tf
-    from efficientnet_tf.spec import model_spec
 
     if model_name is not None:
         efficientnet_tf.model_info(model_name)  # unknown names list the valid ones
@@ -119,11 +121,6 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
             class_names: Optional[Sequence[str]] = None, weights: Optional[str] = None,
             quantize: Optional[str] = None, calibration_images: Optional[Sequence] = None) -> ExportJob:
     """Checks that ``model`` is an exportable efficientnet_tf model and gathers its facts."""
-    import keras
-
-    import efficientnet_tf
-    from efficientnet_tf import labels
-    from efficientnet_tf.spec import ENDPOINT_LOGITS
 
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a keras.Model built by efficientnet_tf, got {type(model).__name__}")
@@ -169,7 +166,6 @@ def prepare(model, model_name: Optional[str] = None, image_size: Optional[int] =
 
 def reference_batch(job: ExportJob, max_photos: int = 4) -> np.ndarray:
     """Real photographs (evaluation preprocessing) + one image of seeded noise."""
-    from efficientnet_tf.preprocessing import preprocess_bytes
 
     config = job.eval_config()
     images = [preprocess_bytes(data, config).numpy() for _, data in photos.load()[:max_photos]]

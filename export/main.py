@@ -31,6 +31,14 @@ from export.formats import FORMATS  # noqa: E402
 from export.atomic import ExportWriteError, check_target  # noqa: E402
 from export.job import QUANTIZE_MODES  # noqa: E402
 from export.verify import VerificationError  # noqa: E402
+from export import parse_formats
+from efficientnet_tf import console
+from efficientnet_tf.labels import read_labels
+from export import check_quantize, export_formats, export_model, summary_table
+from efficientnet_tf.weights.pretrained import build_facts
+from export import publish
+from efficientnet_tf.labels import class_names as default_class_names
+from export.accuracy import load as load_eval_data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model_name", None, efficientnet_tf.list_models(), "The variant to export.")
@@ -73,8 +81,6 @@ flags.mark_flags_as_required(["model_name", "export_dir"])
 
 
 def _valid_formats(value: str) -> bool:
-    from export import parse_formats
-
     try:
         parse_formats(value)
     except ValueError as err:
@@ -107,17 +113,12 @@ def _calibration_files(patterns):
 def run(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from efficientnet_tf import console
-    from efficientnet_tf.labels import read_labels
-    from export import check_quantize, export_formats, export_model, parse_formats, summary_table
 
     console.setup_from_flags()
     formats = parse_formats(FLAGS.format)  # bad arguments fail before any work
     check_quantize(FLAGS.quantize, formats, FLAGS.eval_data, FLAGS.max_accuracy_drop)
     check_target(FLAGS.export_dir, FLAGS.overwrite)
     if FLAGS.publish:
-        from export import publish
-
         if not FLAGS.weights:
             raise ValueError("--publish needs --weights: freshly initialized weights are not worth publishing")
         publishable = [f for f in formats if f in publish.PUBLISHABLE_FORMATS]
@@ -129,13 +130,10 @@ def run(argv) -> int:
     class_names = read_labels(FLAGS.labels) if FLAGS.labels else None
     calibration = _calibration_files(FLAGS.calibration_images)
     started = time.perf_counter()
-    from efficientnet_tf.weights.pretrained import build_facts
 
     weight_set = build_facts(FLAGS.model_name, FLAGS.weights)  # a tag: its classes (21k: 21,843)
     classes = weight_set.classes if weight_set and FLAGS.num_classes == 1000 else FLAGS.num_classes
     if FLAGS.eval_data:  # a missing folder or other classes than the model's: an error before the build
-        from efficientnet_tf.labels import class_names as default_class_names
-        from export.accuracy import load as load_eval_data
 
         load_eval_data(FLAGS.eval_data, classes, default_class_names(classes, class_names))
     model = efficientnet_tf.build_model(FLAGS.model_name, classes=classes, classifier_activation=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import List, Tuple
 
 import numpy as np
+from export.tflite_metadata import read_buffer
 
 INSTALL_HINT = "pip install efficientnet_tf[mediapipe]  (or: pip install mediapipe)"
 
@@ -45,8 +46,6 @@ def read_metadata(model_content: bytes):
     """The ``ModelMetadata`` of a ``.tflite`` parsed by MediaPipe's own generated schema code
     (an independent reader of what ``export.tflite_metadata`` writes); None without metadata."""
     from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
-
-    from export.tflite_metadata import read_buffer
 
     buffer = read_buffer(model_content)
     if buffer is None:

@@ -24,6 +24,8 @@ from export import progress
 from export.exporter import Exporter
 from export.job import ExportJob
 from export.verify import Tolerance, Verification
+from export import serving
+import tensorflow as tf
 
 VERSION = "1"
 FILENAME = "model.onnx"
@@ -105,7 +107,6 @@ def convert_saved_model(saved_model_dir: str, path: str, image_size: int, opset:
 def export(job: ExportJob, staging_dir: str) -> List[str]:
     """The serving SavedModel (written and verified like format ``saved_model``, in a scratch
     directory), converted to ``staging_dir/1/model.onnx``."""
-    from export import serving
 
     require_converter()
     version_dir = os.path.join(staging_dir, VERSION)
@@ -154,8 +155,6 @@ def verify_onnx(path: str, images: np.ndarray, expected: np.ndarray, record: Ver
 
 
 def verify(job: ExportJob, staging_dir: str) -> Verification:
-    import tensorflow as tf
-
     expected = tf.nn.softmax(job.reference["logits"], axis=-1).numpy()
     path = os.path.join(staging_dir, VERSION, FILENAME)
     record = verify_onnx(path, job.batch, expected, Verification(ONNXExporter.name), job.image_size, job.class_names)

@@ -44,6 +44,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from export import kaggle_models, module_docs
 from export.exporter import INFO_FILENAME
 from export.module_docs import DocumentationError
+from tensorflow.core.protobuf import saved_model_pb2
+from export.atomic import atomic_export_dir
+from export.progress import step
 
 PUBLISHABLE_FORMATS = tuple(module_docs.HUB_FORMAT)  # ("hub_tf1", "hub")
 # Kaggle Models also serves the TF-Lite file next to the modules (framework tfLite).
@@ -253,7 +256,6 @@ def check_archive(path: str) -> List[str]:
     """The hub validator's smoke test of an asset (SavedModelParsingPolicy._check_valid_remote_asset):
     a readable tar.gz, every file at an allowed path with a valid name, a saved_model.pb that parses.
     Returns the member names; raises DocumentationError naming the rule."""
-    from tensorflow.core.protobuf import saved_model_pb2
 
     names, parsed = [], False
     try:
@@ -285,7 +287,6 @@ def check_archive(path: str) -> List[str]:
 def signatures_of(module_dir: str) -> Dict[str, Dict[str, List[str]]]:
     """Tag set (comma-joined, '' for {}) -> signature -> output keys ('default' first), read from
     the module's saved_model.pb."""
-    from tensorflow.core.protobuf import saved_model_pb2
 
     with open(os.path.join(module_dir, "saved_model.pb"), "rb") as f:
         proto = saved_model_pb2.SavedModel.FromString(f.read())
@@ -311,8 +312,6 @@ def publish(export_dir: Union[str, Sequence[str]], publish_dir: Optional[str] = 
     module_docs.check and each archive with check_archive. The tree passes
     kaggle_models.check_tree before ``publish_dir`` is renamed into place; nothing is left on failure.
     """
-    from export.atomic import atomic_export_dir
-    from export.progress import step
 
     owner = owner or publisher
     check_kaggle_request(owner, license)

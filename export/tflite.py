@@ -41,6 +41,8 @@ from export.accuracy import photo_images
 from export.exporter import Exporter
 from export.job import QUANTIZE_MODES, ExportJob
 from export.verify import Tolerance, Verification
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from efficientnet_tf import console
 
 FILENAME = "model.tflite"
 LABELS_FILENAME = "labels.txt"
@@ -136,7 +138,6 @@ def calibration_batch(job: ExportJob, images: Optional[Sequence] = None,
 def converter_for(fn, size: int) -> "tf.lite.TFLiteConverter":
     """A TF-Lite converter for ``fn(images)`` on one [1, size, size, 3] float32 image: traced
     with the plain (TF-Lite-friendly) swish and frozen, so that the weights are constants."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     with trace.plain_swish():
         traced = tf.function(fn, autograph=False).get_concrete_function(
@@ -162,8 +163,6 @@ def convert(job: ExportJob, quantize: Optional[str] = None,
         logging.info("tflite: calibrating int8 on %d images", len(samples))
 
         def representative():
-            from efficientnet_tf import console
-
             with console.progress("tflite: int8 calibration", total=len(samples),
                                   plain_every=max(1, len(samples) // 4)) as bar:
                 for sample in samples:
