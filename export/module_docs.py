@@ -485,14 +485,33 @@ def _what(variation: Variation) -> str:
     return f"feature vectors of {info['num_features']} values"
 
 
+def accuracy_cost(info: Dict) -> str:
+    """What quantizing cost, from export.accuracy's record in export_info.json ("" when the
+    export did not quantize)."""
+    cost = info.get("accuracy_cost")
+    if not cost:
+        return ""
+    parts = []
+    if "eval" in cost:
+        e = cost["eval"]
+        parts.append(f"top-1 {e['float_top1']:.2f}% (float model) -> {e['quantized_top1']:.2f}% "
+                     f"({info.get('quantize')}) on {e['images']} labelled evaluation images")
+    if "photos" in cost:
+        parts.append(f"the same top-1 as the float model on {cost['photos']['top1_agreement']:.0%} of "
+                     "the verification photographs")
+    return f"Quantization ({info.get('quantize')}) measured: " + "; ".join(parts) + "."
+
+
 def instance_overview(variation: Variation) -> str:
     """A variation's one-paragraph overview."""
     kind = {"hub": "TF2 SavedModel with TF-Hub's reusable SavedModel API",
             "hub_tf1": "TF1 Hub module (MetaGraphs for tag sets {} and {\"train\"})",
             "tflite": f"TF-Lite flatbuffer ({variation.info.get('quantize') or 'float32'})"}[variation.format]
     size = variation.info["default_image_size"][0]
-    return (f"{variation.info['model_name']} as a {kind}: images (float32 RGB in [0, 1], expected "
+    text = (f"{variation.info['model_name']} as a {kind}: images (float32 RGB in [0, 1], expected "
             f"{size} x {size}) to {_what(variation)}.")
+    cost = accuracy_cost(variation.info)
+    return f"{text} {cost}" if cost else text
 
 
 def instance_usage(variation: Variation) -> str:
@@ -569,5 +588,6 @@ def model_card(variations: Sequence[Variation]) -> str:
         "# Evaluation", "",
     ]
     for v in variations:
-        lines += [f"`{v.slug}` ({v.framework}): " + " ".join(_verification(v.page())), ""]
+        figures = accuracy_cost(v.info) or " ".join(_verification(v.page()))
+        lines += [f"`{v.slug}` ({v.framework}): {figures}", ""]
     return "\n".join(lines)
