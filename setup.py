@@ -32,6 +32,6 @@ setup(
     install_requires=requirements(),
     extras_require={"torch": ["torch>=2.1", "safetensors>=0.4"],
                     "openvino": ["openvino>=2025.0"],  # export format "openvino"
-                    "kaggle": ["kagglehub>=1.0"]},  # Kaggle Models handles (efficientnet_tf.hub), upload
+                    "kaggle": ["kagglehub>=1.0", "kaggle==2.2.5"]},  # Kaggle Models handles, upload
     entry_points={"console_scripts": ["efficientnet-tf=efficientnet_tf.__main__:main"]},
 )

@@ -39,6 +39,7 @@ import re
 import shutil
 import sys
 import tarfile
+import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from export import kaggle_models, module_docs
@@ -383,88 +384,276 @@ def summary(published: List[PublishedModule]) -> str:
 
 
 # ----------------------------------------------------------------------------- upload
+# How long the reachability probe waits: kagglesdk's HTTP client sets no timeout, so without the
+# probe a network that drops packets (rather than failing DNS) would hang the first request.
+PROBE_TIMEOUT = 10.0
+CREDENTIALS_HELP = ("set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or put kaggle.json (from "
+                    "kaggle.com/settings, 'Create New Token') in ~/.kaggle or $KAGGLE_CONFIG_DIR")
+
+
 class UploadError(RuntimeError):
-    """An upload did not happen (or not all of it); the message says what was uploaded."""
+    """An upload did not happen, or not all of it; the message names the variation and the step
+    that failed, ``uploaded`` holds what was uploaded before (the message lists it too)."""
+
+    def __init__(self, message: str, uploaded: Sequence["Uploaded"] = ()):
+        done = (f"uploaded before: {', '.join(u.handle for u in uploaded)}" if uploaded
+                else "no variation was uploaded")
+        super().__init__(f"{message}; {done}.")
+        self.uploaded = list(uploaded)
 
 
-def _credentials_source() -> Optional[str]:
-    """Where kagglehub would find credentials, or None (its config.get_kaggle_credentials)."""
+@dataclasses.dataclass
+class Uploaded:
+    """One variation uploaded (files and metadata)."""
+
+    handle: str  # OWNER/MODEL/FRAMEWORK/VARIATION
+    action: str  # "created" (its first version) or "new version"
+    version: int  # Kaggle's current version number after the upload (0: Kaggle did not say)
+    files: List[str]
+    size: int  # bytes
+    version_notes: str  # sent with a new version (Kaggle takes none for the first one)
+
+
+@dataclasses.dataclass
+class UploadReport:
+    """What ``upload`` did: the model (card) and each variation."""
+
+    model: str  # OWNER/MODEL
+    model_action: str  # "created" or "updated"
+    variations: List[Uploaded]
+
+
+def credentials_source() -> Optional[str]:
+    """Where the Kaggle clients will find credentials (an environment variable or a file), or None;
+    reads no network. Raises UploadError for a kaggle.json that does not parse."""
     from kagglehub.config import get_kaggle_credentials
 
-    return "found" if get_kaggle_credentials() else None
+    try:
+        found = get_kaggle_credentials()  # KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, kaggle.json
+    except ValueError as err:  # a kaggle.json without username/key, or not JSON
+        raise UploadError(f"Bad Kaggle credentials: {err}") from err
+    if found is None:
+        return None
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME"):
+        if os.environ.get(name):
+            return name
+    return "kaggle.json"
+
+
+def kaggle_endpoint() -> str:
+    """The URL of the Kaggle API the clients talk to (kagglesdk's endpoint for KAGGLE_API_ENVIRONMENT)."""
+    from kagglesdk.kaggle_env import get_endpoint, get_env
+
+    return get_endpoint(get_env())
+
+
+def check_reachable(timeout: float = PROBE_TIMEOUT) -> None:
+    """One HTTP request to the Kaggle API host, through the proxies the clients would use; any
+    answer will do. UploadError naming the host when none comes within ``timeout`` seconds."""
+    import urllib.parse
+
+    import requests
+
+    url = kaggle_endpoint()
+    proxy = requests.utils.get_environ_proxies(url).get(urllib.parse.urlsplit(url).scheme)
+    host = urllib.parse.urlsplit(url).netloc + (f" (through the proxy {proxy})" if proxy else "")
+    try:
+        requests.head(url, timeout=timeout, allow_redirects=False).close()
+    except requests.exceptions.Timeout as err:
+        raise UploadError(f"Cannot reach {host}: no answer within {timeout:g} s (no network?)") from err
+    except requests.exceptions.RequestException as err:  # no DNS, refused, a proxy that fails
+        raise UploadError(f"Cannot reach {host} (no network?): {err}") from err
 
 
 def _host_of(error: BaseException) -> str:
-    request = getattr(error, "request", None)
-    url = getattr(request, "url", None) or ""
-    match = re.search(r"host='([^']+)'", str(error)) or re.search(r"https?://([^/:]+)", url)
+    match = re.search(r"host='([^']+)'", str(error))
     return match.group(1) if match else "the Kaggle API"
 
 
-def upload(tree: str, owner: str, model_slug: Optional[str] = None) -> List[str]:
-    """Uploads every variation of a checked tree with ``kagglehub.model_upload`` as
-    ``OWNER/MODEL/FRAMEWORK/VARIATION`` (a new version when it exists), version notes from the
-    manifest. Returns the handles uploaded.
+def _describe(error: BaseException) -> str:
+    """A failed call in a few words: the host for connection errors, Kaggle's answer otherwise."""
+    import requests
+
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return f"cannot reach {_host_of(error)} (no network?)"
+    response = getattr(error, "response", None)
+    status = f"HTTP {response.status_code}: " if response is not None else ""
+    return f"{status}{error}"
+
+
+def _status(error: BaseException) -> Optional[int]:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _metadata_dir(parent: str, name: str, data: Dict) -> str:
+    """A folder holding only ``name`` with ``data``: what the kaggle client reads metadata from."""
+    directory = tempfile.mkdtemp(dir=parent)
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    return directory
+
+
+def _kaggle_api():
+    """An authenticated ``kaggle.KaggleApi``; UploadError when it finds no credentials."""
+    import contextlib
+    import io
+
+    # `import kaggle` authenticates a module-level client and prints a help text when it finds no
+    # credentials (kaggle/__init__.py); ours are checked before, the text is not for our users.
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        try:
+            api.authenticate()
+        except SystemExit as err:  # authenticate() exits when no method works
+            raise UploadError(f"The kaggle client found no credentials: {CREDENTIALS_HELP}") from err
+    return api
+
+
+def _check_response(result, what: str) -> None:
+    error = getattr(result, "error", "")
+    if error:
+        raise RuntimeError(f"Kaggle answered to {what}: {error}")
+
+
+def upload(tree: str, owner: Optional[str] = None, model_slug: Optional[str] = None,
+           log=None) -> UploadReport:
+    """Uploads a tree written by ``publish``: creates the model with its card from
+    model-metadata.json (or updates the card, keeping the model's visibility, when it exists), then
+    per variation uploads its files as the first version or a new version (with the manifest's
+    version notes; kagglehub, which keeps sub-folders such as ``variables/``) and applies its
+    model-instance-metadata.json (overview, usage, license, fineTunable, trainingData; the kaggle
+    client). ``owner``/``model_slug`` default to the tree's. ``log`` gets one progress line per
+    step (default: stderr).
 
     Raises:
-      ImportError: kagglehub is not installed.
+      ImportError: kaggle or kagglehub is not installed.
       TreeError: the tree breaks a rule (nothing is uploaded).
-      UploadError: no credentials, no network, or Kaggle refused; names what is missing and which
-        variations were uploaded before.
+      ValueError: a bad owner or model slug.
+      UploadError: no credentials, no network, or Kaggle refused: names the variation and the step
+        that failed and lists the variations uploaded before it.
     """
-    try:
-        import kagglehub
-    except ImportError as err:
-        raise ImportError("Uploading needs kagglehub: pip install efficientnet_tf[kaggle]") from err
+    import importlib.util
+
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    missing = [name for name in ("kaggle", "kagglehub") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"Uploading needs {' and '.join(missing)}: pip install efficientnet_tf[kaggle]")
     manifest = kaggle_models.check_tree(tree)
     with open(os.path.join(tree, kaggle_models.MODEL_METADATA), encoding="utf-8") as f:
         model = json.load(f)
+    owner, model_slug = owner or model["ownerSlug"], model_slug or model["slug"]
     check_kaggle_request(owner, "apache-2.0")
-    model_slug = model_slug or model["slug"]
-    if _credentials_source() is None:
-        raise UploadError("No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or put "
-                          "kaggle.json (from kaggle.com/settings, 'Create New Token') in ~/.kaggle or "
-                          "$KAGGLE_CONFIG_DIR. Nothing was uploaded.")
-    done = []
-    for variation in manifest["variations"]:
-        handle = f"{owner}/{model_slug}/{variation['framework']}/{variation['slug']}"
-        directory = os.path.join(tree, variation["framework"], variation["slug"])
-        with open(os.path.join(directory, kaggle_models.INSTANCE_METADATA), encoding="utf-8") as f:
-            license_name = json.load(f)["licenseName"]
-        try:
-            kagglehub.model_upload(handle, directory, license_name=license_name,
-                                   version_notes=variation["version_notes"],
-                                   ignore_patterns=list(kaggle_models.UPLOAD_IGNORE))
-        except Exception as err:  # requests' ConnectionError, kagglehub's BackendError / KaggleApiHTTPError
-            import requests
+    if not kaggle_models.SLUG.fullmatch(model_slug):
+        raise ValueError(f"Bad model slug {model_slug!r}: lowercase letters, digits and '-'")
+    source = credentials_source()
+    if source is None:
+        raise UploadError(f"No Kaggle credentials: {CREDENTIALS_HELP}")
+    check_reachable()
+    api = _kaggle_api()
 
-            uploaded = f"uploaded before: {done}" if done else "nothing was uploaded"
-            if isinstance(err, requests.exceptions.ConnectionError):
-                raise UploadError(f"Cannot reach {_host_of(err)} to upload {handle} (no network?); {uploaded}.") from err
-            raise UploadError(f"Kaggle refused {handle}: {err}; {uploaded}.") from err
-        done.append(handle)
-    return done
+    import logging
+
+    import kagglehub
+    import requests
+
+    logging.getLogger("kagglehub").setLevel(logging.WARNING)  # its per-file lines; ours are per variation
+
+    model_handle = f"{owner}/{model_slug}"
+    done: List[Uploaded] = []
+    with tempfile.TemporaryDirectory(prefix="efficientnet_tf-upload-") as scratch:
+        card = {**model, "ownerSlug": owner, "slug": model_slug}
+        stage, exists = "checking whether it exists", False
+        try:
+            try:
+                api.model_get(model_handle)
+                exists = True
+            except requests.exceptions.HTTPError as err:
+                if _status(err) not in (403, 404):  # kagglehub's create_model_if_missing: 403 = not ours to see
+                    raise
+                exists = False
+            if exists:
+                log(f"upload: model {model_handle} exists: updating its card")
+                card.pop("isPrivate")  # an update keeps the visibility the owner chose on Kaggle
+                stage = "updating its card"
+                _check_response(api.model_update(_metadata_dir(scratch, kaggle_models.MODEL_METADATA, card)),
+                                "the card update")
+            else:
+                log(f"upload: creating model {model_handle} ({'private' if card['isPrivate'] else 'public'}) "
+                    "with its card")
+                stage = "creating it"
+                _check_response(api.model_create_new(_metadata_dir(scratch, kaggle_models.MODEL_METADATA, card)),
+                                "the model creation")
+        except Exception as err:  # requests' errors, kaggle's ValueError / RuntimeError above
+            raise UploadError(f"model {model_handle}: {stage} failed: {_describe(err)}") from err
+        model_action = "updated" if exists else "created"
+        total = len(manifest["variations"])
+        for number, variation in enumerate(manifest["variations"], 1):
+            framework, slug = variation["framework"], variation["slug"]
+            handle = f"{model_handle}/{framework}/{slug}"
+            directory = os.path.join(tree, framework, slug)
+            with open(os.path.join(directory, kaggle_models.INSTANCE_METADATA), encoding="utf-8") as f:
+                instance = {**json.load(f), "ownerSlug": owner, "modelSlug": model_slug}
+            files = variation["files"]
+            size = sum(os.path.getsize(os.path.join(directory, name)) for name in files)
+            stage = "checking whether it exists"
+            try:
+                try:
+                    api.model_instance_get(handle)
+                    action = "new version"
+                except requests.exceptions.HTTPError as err:
+                    if _status(err) not in (403, 404):
+                        raise
+                    action = "created"
+                log(f"upload: [{number}/{total}] {handle}: uploading {len(files)} files ({size / 2**20:.1f} MiB) "
+                    f"as {'its first version' if action == 'created' else 'a new version'}")
+                stage = "uploading its files"
+                kagglehub.model_upload(handle, directory, license_name=instance["licenseName"],
+                                       version_notes=variation["version_notes"],
+                                       ignore_patterns=list(kaggle_models.UPLOAD_IGNORE))
+                stage = "applying model-instance-metadata.json (its files were uploaded)"
+                _check_response(api.model_instance_update(
+                    _metadata_dir(scratch, kaggle_models.INSTANCE_METADATA, instance)), "the metadata update")
+                version = int(getattr(api.model_instance_get(handle), "version_number", 0) or 0)
+            except Exception as err:  # requests' errors, kagglehub's BackendError / KaggleApiHTTPError, kaggle's
+                raise UploadError(f"variation {handle}: {stage} failed: {_describe(err)}", done) from err
+            done.append(Uploaded(handle, action, version, files, size,
+                                 variation["version_notes"] if action == "new version" else ""))
+            log(f"upload: [{number}/{total}] {handle}: {action}, version {version or '?'}")
+    return UploadReport(model_handle, model_action, done)
+
+
+def upload_summary(report: UploadReport) -> str:
+    """What ``upload`` did, for the console."""
+    lines = [f"Uploaded to Kaggle Models: model {report.model} ({report.model_action}, card from "
+             f"{kaggle_models.MODEL_METADATA}), {len(report.variations)} variation(s):"]
+    for item in report.variations:
+        notes = f"; notes: {item.version_notes}" if item.version_notes else ""
+        lines.append(f"  {item.handle}: {item.action}, version {item.version or '?'}, {len(item.files)} files "
+                     f"({item.size / 2**20:.1f} MiB), overview/usage/license/fineTunable/trainingData set{notes}")
+    lines.append(f"  https://www.kaggle.com/models/{report.model}")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m export.publish upload DIR --owner=NAME [--model_slug=SLUG]``."""
+    """``python -m export.publish upload DIR [--owner=NAME] [--model_slug=SLUG]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m export.publish", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("upload", help="upload a Kaggle Models tree written by --publish")
     command.add_argument("dir", help="the publish directory (EXPORT_DIR-publish)")
-    command.add_argument("--owner", required=True, help="Kaggle user or organization slug")
+    command.add_argument("--owner", default=None, help="Kaggle user or organization slug; default: the tree's ownerSlug")
     command.add_argument("--model_slug", default=None, help="default: the tree's model-metadata.json slug")
     args = parser.parse_args(argv)
     try:
-        handles = upload(args.dir, args.owner, args.model_slug)
+        report = upload(args.dir, args.owner, args.model_slug)
     except (UploadError, ImportError, ValueError) as err:
         print(f"upload failed: {err}", file=sys.stderr)
         return 1
-    print(f"Uploaded {len(handles)} variation(s): " + ", ".join(handles))
-    print(f"Model card and variation texts are in {args.dir}: apply them with the kaggle CLI, "
-          f"`kaggle models update -p {args.dir}` and `kaggle models variations update -p DIR/FRAMEWORK/VARIATION`.")
+    print(upload_summary(report))
     return 0
 
 

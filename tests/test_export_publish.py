@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -513,21 +514,37 @@ def test_tensorflow_hub_fetches_a_published_module_over_http(published, tmp_path
 
 @pytest.mark.integration
 def test_upload_without_credentials_or_network_fails_fast_and_uploads_nothing(published, tmp_path):
+    """The real kaggle and kagglehub clients, offline: no credentials; credentials (environment or
+    kaggle.json) and no DNS; a proxy that accepts and never answers. Each is an error within
+    seconds naming what is missing or the host, and nothing is reported uploaded."""
     publish_dir = published["hub"][1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE") and "proxy" not in k.lower()}
     env.update(HOME=str(tmp_path), KAGGLEHUB_CACHE=str(tmp_path / "cache"), PYTHONPATH=ROOT)
-    command = [sys.executable, "-m", "export.publish", "upload", publish_dir, "--owner=acme"]
-    for extra, expected in (({}, r"No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY.*kaggle\.json"),
-                            # no network here: the host is named (with network, Kaggle refuses the key)
-                            ({"KAGGLE_USERNAME": "acme", "KAGGLE_KEY": "not-a-key"},
-                             r"(Cannot reach \S*kaggle\.com to upload|Kaggle refused) acme/efficientnet-lite0/"
-                             r"tensorFlow2/efficientnet-lite0-classification.*; nothing was uploaded")):
-        started = time.monotonic()
-        done = subprocess.run(command, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=120)
-        assert time.monotonic() - started < 30
-        assert done.returncode == 1, done.stdout + done.stderr
-        assert re.search(expected, done.stderr), done.stderr
-        assert "Uploaded" not in done.stdout
+    (tmp_path / "json" / ".kaggle").mkdir(parents=True)
+    (tmp_path / "json" / ".kaggle" / "kaggle.json").write_text('{"username": "acme", "key": "not-a-key"}')
+    hole = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    unreachable = r"Cannot reach api\.kaggle\.com.*; no variation was uploaded"  # no network here
+    command = [sys.executable, "-m", "export.publish", "upload", publish_dir]
+    try:
+        for extra, expected in (({}, r"No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY.*kaggle\.json"),
+                                ({"KAGGLE_USERNAME": "acme", "KAGGLE_KEY": "not-a-key"}, unreachable),
+                                ({"HOME": str(tmp_path / "json")}, unreachable),
+                                ({"KAGGLE_API_TOKEN": "not-a-token"}, unreachable),
+                                ({"KAGGLE_USERNAME": "acme", "KAGGLE_KEY": "not-a-key",
+                                  "HTTPS_PROXY": f"http://127.0.0.1:{hole.getsockname()[1]}"},
+                                 rf"Cannot reach api\.kaggle\.com \(through the proxy .*\): no answer within "
+                                 rf"{publish.PROBE_TIMEOUT:g} s")):
+            started = time.monotonic()
+            done = subprocess.run(command, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True,
+                                  timeout=120)
+            assert time.monotonic() - started < 30
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert re.search(expected, done.stderr), done.stderr
+            assert "Uploaded" not in done.stdout
+    finally:
+        hole.close()
 
 
 @pytest.mark.integration
