@@ -4,7 +4,7 @@ tfhub.dev documentation repository), and uploads them.
     from export import publish
     published = publish.publish("out/lite0/hub", "out/lite0-publish", owner="acme")
 
-    python -m export.publish upload out/lite0-publish --owner=acme    # kagglehub.model_upload
+    python -m export.publish upload out/lite0-publish    # the model, its card, every variation
 
 Input: an export directory of format ``hub`` (TF2: ``DIR/classification``, ``DIR/feature_vector``)
 or ``hub_tf1`` (``DIR`` is the module) and its ``export_info.json``; how the export was dispatched
@@ -372,7 +372,7 @@ def publish(export_dir: Union[str, Sequence[str]], publish_dir: Optional[str] = 
 def summary(published: List[PublishedModule]) -> str:
     """What ``publish`` wrote, for the console."""
     lines = [f"Published {len(published)} module(s) as Kaggle Models variations (the tree passes "
-             "export.kaggle_models.check_tree; upload: python -m export.publish upload DIR --owner=NAME):"]
+             "export.kaggle_models.check_tree; upload: python -m export.publish upload DIR):"]
     for item in published:
         lines.append(f"  {item.kaggle_handle}: {item.variation_dir}")
     for item in published:
@@ -610,6 +610,8 @@ def upload(tree: str, owner: Optional[str] = None, model_slug: Optional[str] = N
                 log(f"upload: [{number}/{total}] {handle}: uploading {len(files)} files ({size / 2**20:.1f} MiB) "
                     f"as {'its first version' if action == 'created' else 'a new version'}")
                 stage = "uploading its files"
+                # kagglehub keeps sub-folders (the request's `directories`); kaggle_api_extended.py
+                # upload_files skips them or sends each as one archive (dir_mode), not hub.load's layout.
                 kagglehub.model_upload(handle, directory, license_name=instance["licenseName"],
                                        version_notes=variation["version_notes"],
                                        ignore_patterns=list(kaggle_models.UPLOAD_IGNORE))
