@@ -494,8 +494,9 @@ def _metadata_dir(parent: str, name: str, data: Dict) -> str:
     return directory
 
 
-def _kaggle_api():
-    """An authenticated ``kaggle.KaggleApi``; UploadError when it finds no credentials."""
+def _kaggle_api(source: str):
+    """An authenticated ``kaggle.KaggleApi``; UploadError when it takes none of the credentials
+    (``source``: where ours were found)."""
     import contextlib
     import io
 
@@ -508,7 +509,8 @@ def _kaggle_api():
         try:
             api.authenticate()
         except SystemExit as err:  # authenticate() exits when no method works
-            raise UploadError(f"The kaggle client found no credentials: {CREDENTIALS_HELP}") from err
+            raise UploadError(f"The kaggle client did not accept the credentials from {source} (an expired "
+                              f"KAGGLE_API_TOKEN?): {CREDENTIALS_HELP}") from err
     return api
 
 
@@ -516,6 +518,69 @@ def _check_response(result, what: str) -> None:
     error = getattr(result, "error", "")
     if error:
         raise RuntimeError(f"Kaggle answered to {what}: {error}")
+
+
+def _exists(get, name: str) -> bool:
+    """Whether ``get(name)`` (KaggleApi.model_get / model_instance_get) finds it; 404 and 403 say
+    no (kagglehub's create_model_if_missing treats 403 as missing too)."""
+    import requests
+
+    try:
+        get(name)
+        return True
+    except requests.exceptions.HTTPError as err:
+        if _status(err) in (403, 404):
+            return False
+        raise
+
+
+def _upload_card(api, model: Dict, scratch: str, log) -> str:
+    """Creates the model with its card, or updates the card; returns "created" or "updated"."""
+    handle, stage, action = f"{model['ownerSlug']}/{model['slug']}", "checking whether it exists", "created"
+    try:
+        if _exists(api.model_get, handle):
+            action, stage = "updated", "updating its card"
+            log(f"upload: model {handle} exists: updating its card")
+            card = {k: v for k, v in model.items() if k != "isPrivate"}  # keep the visibility chosen on Kaggle
+            _check_response(api.model_update(_metadata_dir(scratch, kaggle_models.MODEL_METADATA, card)), stage)
+        else:
+            stage = "creating it"
+            log(f"upload: creating model {handle} ({'private' if model['isPrivate'] else 'public'}) with its card")
+            _check_response(api.model_create_new(_metadata_dir(scratch, kaggle_models.MODEL_METADATA, model)), stage)
+    except Exception as err:  # requests' errors, kaggle's ValueError, _check_response's RuntimeError
+        raise UploadError(f"model {handle}: {stage} failed: {_describe(err)}") from err
+    return action
+
+
+def _upload_variation(api, handle: str, directory: str, variation: Dict, instance: Dict, scratch: str,
+                      log, done: List[Uploaded], position: str = "") -> Uploaded:
+    """Uploads one variation's files (first or new version) and applies its metadata."""
+    import kagglehub
+
+    files = variation["files"]
+    size = sum(os.path.getsize(os.path.join(directory, name)) for name in files)
+    stage = "checking whether it exists"
+    try:
+        action = "new version" if _exists(api.model_instance_get, handle) else "created"
+        log(f"upload: {position}{handle}: uploading {len(files)} files ({size / 2**20:.1f} MiB) as "
+            f"{'its first version' if action == 'created' else 'a new version'}")
+        stage = "uploading its files"
+        # kagglehub keeps sub-folders (the request's `directories`); kaggle_api_extended.py
+        # upload_files skips them or sends each as one archive (dir_mode), not hub.load's layout.
+        kagglehub.model_upload(handle, directory, license_name=instance["licenseName"],
+                               version_notes=variation["version_notes"],
+                               ignore_patterns=list(kaggle_models.UPLOAD_IGNORE))
+        stage = "applying model-instance-metadata.json (its files were uploaded)"
+        _check_response(api.model_instance_update(_metadata_dir(scratch, kaggle_models.INSTANCE_METADATA, instance)),
+                        "the metadata update")
+    except Exception as err:  # requests' errors, kagglehub's BackendError / KaggleApiHTTPError, kaggle's
+        raise UploadError(f"variation {handle}: {stage} failed: {_describe(err)}", done) from err
+    try:
+        version = int(api.model_instance_get(handle).version_number or 0)
+    except Exception:  # everything is uploaded; only the number is unknown
+        version = 0
+    log(f"upload: {position}{handle}: {action}, version {version or '?'}")
+    return Uploaded(handle, action, version, files, size, variation["version_notes"] if action == "new version" else "")
 
 
 def upload(tree: str, owner: Optional[str] = None, model_slug: Optional[str] = None,
@@ -536,6 +601,7 @@ def upload(tree: str, owner: Optional[str] = None, model_slug: Optional[str] = N
         that failed and lists the variations uploaded before it.
     """
     import importlib.util
+    import logging
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     missing = [name for name in ("kaggle", "kagglehub") if importlib.util.find_spec(name) is None]
@@ -544,87 +610,29 @@ def upload(tree: str, owner: Optional[str] = None, model_slug: Optional[str] = N
     manifest = kaggle_models.check_tree(tree)
     with open(os.path.join(tree, kaggle_models.MODEL_METADATA), encoding="utf-8") as f:
         model = json.load(f)
-    owner, model_slug = owner or model["ownerSlug"], model_slug or model["slug"]
-    check_kaggle_request(owner, "apache-2.0")
-    if not kaggle_models.SLUG.fullmatch(model_slug):
-        raise ValueError(f"Bad model slug {model_slug!r}: lowercase letters, digits and '-'")
+    model.update(ownerSlug=owner or model["ownerSlug"], slug=model_slug or model["slug"])
+    check_kaggle_request(model["ownerSlug"], "apache-2.0")
+    if not kaggle_models.SLUG.fullmatch(model["slug"]):
+        raise ValueError(f"Bad model slug {model['slug']!r}: lowercase letters, digits and '-'")
     source = credentials_source()
     if source is None:
         raise UploadError(f"No Kaggle credentials: {CREDENTIALS_HELP}")
     check_reachable()
-    api = _kaggle_api()
-
-    import logging
-
-    import kagglehub
-    import requests
-
+    api = _kaggle_api(source)
     logging.getLogger("kagglehub").setLevel(logging.WARNING)  # its per-file lines; ours are per variation
 
-    model_handle = f"{owner}/{model_slug}"
     done: List[Uploaded] = []
     with tempfile.TemporaryDirectory(prefix="efficientnet_tf-upload-") as scratch:
-        card = {**model, "ownerSlug": owner, "slug": model_slug}
-        stage, exists = "checking whether it exists", False
-        try:
-            try:
-                api.model_get(model_handle)
-                exists = True
-            except requests.exceptions.HTTPError as err:
-                if _status(err) not in (403, 404):  # kagglehub's create_model_if_missing: 403 = not ours to see
-                    raise
-                exists = False
-            if exists:
-                log(f"upload: model {model_handle} exists: updating its card")
-                card.pop("isPrivate")  # an update keeps the visibility the owner chose on Kaggle
-                stage = "updating its card"
-                _check_response(api.model_update(_metadata_dir(scratch, kaggle_models.MODEL_METADATA, card)),
-                                "the card update")
-            else:
-                log(f"upload: creating model {model_handle} ({'private' if card['isPrivate'] else 'public'}) "
-                    "with its card")
-                stage = "creating it"
-                _check_response(api.model_create_new(_metadata_dir(scratch, kaggle_models.MODEL_METADATA, card)),
-                                "the model creation")
-        except Exception as err:  # requests' errors, kaggle's ValueError / RuntimeError above
-            raise UploadError(f"model {model_handle}: {stage} failed: {_describe(err)}") from err
-        model_action = "updated" if exists else "created"
-        total = len(manifest["variations"])
+        model_action = _upload_card(api, model, scratch, log)
         for number, variation in enumerate(manifest["variations"], 1):
             framework, slug = variation["framework"], variation["slug"]
-            handle = f"{model_handle}/{framework}/{slug}"
             directory = os.path.join(tree, framework, slug)
             with open(os.path.join(directory, kaggle_models.INSTANCE_METADATA), encoding="utf-8") as f:
-                instance = {**json.load(f), "ownerSlug": owner, "modelSlug": model_slug}
-            files = variation["files"]
-            size = sum(os.path.getsize(os.path.join(directory, name)) for name in files)
-            stage = "checking whether it exists"
-            try:
-                try:
-                    api.model_instance_get(handle)
-                    action = "new version"
-                except requests.exceptions.HTTPError as err:
-                    if _status(err) not in (403, 404):
-                        raise
-                    action = "created"
-                log(f"upload: [{number}/{total}] {handle}: uploading {len(files)} files ({size / 2**20:.1f} MiB) "
-                    f"as {'its first version' if action == 'created' else 'a new version'}")
-                stage = "uploading its files"
-                # kagglehub keeps sub-folders (the request's `directories`); kaggle_api_extended.py
-                # upload_files skips them or sends each as one archive (dir_mode), not hub.load's layout.
-                kagglehub.model_upload(handle, directory, license_name=instance["licenseName"],
-                                       version_notes=variation["version_notes"],
-                                       ignore_patterns=list(kaggle_models.UPLOAD_IGNORE))
-                stage = "applying model-instance-metadata.json (its files were uploaded)"
-                _check_response(api.model_instance_update(
-                    _metadata_dir(scratch, kaggle_models.INSTANCE_METADATA, instance)), "the metadata update")
-                version = int(getattr(api.model_instance_get(handle), "version_number", 0) or 0)
-            except Exception as err:  # requests' errors, kagglehub's BackendError / KaggleApiHTTPError, kaggle's
-                raise UploadError(f"variation {handle}: {stage} failed: {_describe(err)}", done) from err
-            done.append(Uploaded(handle, action, version, files, size,
-                                 variation["version_notes"] if action == "new version" else ""))
-            log(f"upload: [{number}/{total}] {handle}: {action}, version {version or '?'}")
-    return UploadReport(model_handle, model_action, done)
+                instance = {**json.load(f), "ownerSlug": model["ownerSlug"], "modelSlug": model["slug"]}
+            handle = f"{model['ownerSlug']}/{model['slug']}/{framework}/{slug}"
+            done.append(_upload_variation(api, handle, directory, variation, instance, scratch, log, done,
+                                          f"[{number}/{len(manifest['variations'])}] "))
+    return UploadReport(f"{model['ownerSlug']}/{model['slug']}", model_action, done)
 
 
 def upload_summary(report: UploadReport) -> str:

@@ -677,6 +677,14 @@ def test_upload_creates_the_model_and_variations_then_new_versions(published, tm
         assert "Uploaded" not in done.stdout
         versions = [len(server.instances[handle.lower()]["versions"]) for handle in handles]
         assert versions == [3] + [2] * (len(handles) - 1)  # nothing after the failure
+        server.fail_after = None  # another owner and slug than the tree's
+        done = subprocess.run(command + ["--owner=other", "--model_slug=lite0-copy"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert server.models["other/lite0-copy"][0]["slug"] == "lite0-copy"
+        for handle in handles:
+            copy = server.instances[handle.lower().replace(f"acme/{card['slug']}/", "other/lite0-copy/")]
+            assert (len(copy["versions"]), copy["metadata"][0]["ownerSlug"]) == (1, "other")
     finally:
         server.shutdown()
         server.server_close()
