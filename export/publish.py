@@ -387,6 +387,8 @@ def summary(published: List[PublishedModule]) -> str:
 # How long the reachability probe waits: kagglesdk's HTTP client sets no timeout, so without the
 # probe a network that drops packets (rather than failing DNS) would hang the first request.
 PROBE_TIMEOUT = 10.0
+# The sources both clients read (kagglehub config.get_kaggle_credentials, kaggle KaggleApi.authenticate);
+# `kaggle auth login` (OAuth) is not one: kagglehub, which uploads the files, does not read it.
 CREDENTIALS_HELP = ("set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or put kaggle.json (from "
                     "kaggle.com/settings, 'Create New Token') in ~/.kaggle or $KAGGLE_CONFIG_DIR")
 
@@ -427,16 +429,19 @@ def credentials_source() -> Optional[str]:
     """Where the Kaggle clients will find credentials (an environment variable or a file), or None;
     reads no network. Raises UploadError for a kaggle.json that does not parse."""
     from kagglehub.config import get_kaggle_credentials
+    from kagglesdk.kaggle_env import get_access_token_from_env
 
     try:
-        found = get_kaggle_credentials()  # KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY, kaggle.json
+        found = get_kaggle_credentials()  # KAGGLE_API_TOKEN, ~/.kaggle/access_token, KAGGLE_USERNAME/KEY, kaggle.json
     except ValueError as err:  # a kaggle.json without username/key, or not JSON
         raise UploadError(f"Bad Kaggle credentials: {err}") from err
     if found is None:
         return None
-    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME"):
-        if os.environ.get(name):
-            return name
+    token, where = get_access_token_from_env()
+    if token:
+        return "KAGGLE_API_TOKEN" if where == "KAGGLE_API_TOKEN" else "~/.kaggle/access_token"
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
     return "kaggle.json"
 
 
