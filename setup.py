@@ -32,7 +32,7 @@ setup(
     install_requires=requirements(),
     extras_require={"torch": ["torch>=2.1", "safetensors>=0.4"],
                     "openvino": ["openvino>=2025.0"],  # export format "openvino"
-                    "kaggle": ["kagglehub>=1.0"],  # Kaggle Models handles (efficientnet_tf.hub), upload
+                    "kaggle": ["kagglehub>=1.0", "kaggle==2.2.5"],  # Kaggle Models handles, upload
                     # export format "onnx" (converter + the runtime it is verified in)
                     "onnx": ["tf2onnx>=1.17", "onnx>=1.16", "onnxruntime>=1.18"],
                     # MediaPipe Tasks' ImageClassifier check of the TF-Lite export

@@ -67,7 +67,7 @@ flags.DEFINE_multi_string("calibration_images", None, "Image files or globs for 
 flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir once the new export is verified.")
 flags.DEFINE_bool("publish", False, "Also write the Kaggle Models upload tree of the hub modules "
                   "(formats hub, hub_tf1; tflite rides along) into EXPORT_DIR-publish (export/publish.py); upload it with "
-                  "python -m export.publish upload EXPORT_DIR-publish --owner=NAME.")
+                  "python -m export.publish upload EXPORT_DIR-publish.")
 flags.DEFINE_string("owner", None, "--publish: the Kaggle owner (user or organization slug; default --publisher).")
 flags.DEFINE_bool("tfhub_docs", False, "--publish: also the retired tfhub.dev package (.tar.gz archives, "
                   "documentation pages, --publisher, --version).")

@@ -4,7 +4,7 @@ tfhub.dev documentation repository), and uploads them.
     from export import publish
     published = publish.publish("out/lite0/hub", "out/lite0-publish", owner="acme")
 
-    python -m export.publish upload out/lite0-publish --owner=acme    # kagglehub.model_upload
+    python -m export.publish upload out/lite0-publish    # the model, its card, every variation
 
 Input: an export directory of format ``hub`` (TF2: ``DIR/classification``, ``DIR/feature_vector``)
 or ``hub_tf1`` (``DIR`` is the module) and its ``export_info.json``; how the export was dispatched
@@ -39,6 +39,7 @@ import re
 import shutil
 import sys
 import tarfile
+import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from export import kaggle_models, module_docs
@@ -370,7 +371,7 @@ def publish(export_dir: Union[str, Sequence[str]], publish_dir: Optional[str] = 
 def summary(published: List[PublishedModule]) -> str:
     """What ``publish`` wrote, for the console."""
     lines = [f"Published {len(published)} module(s) as Kaggle Models variations (the tree passes "
-             "export.kaggle_models.check_tree; upload: python -m export.publish upload DIR --owner=NAME):"]
+             "export.kaggle_models.check_tree; upload: python -m export.publish upload DIR):"]
     for item in published:
         lines.append(f"  {item.kaggle_handle}: {item.variation_dir}")
     for item in published:
@@ -382,88 +383,291 @@ def summary(published: List[PublishedModule]) -> str:
 
 
 # ----------------------------------------------------------------------------- upload
+# How long the reachability probe waits: kagglesdk's HTTP client sets no timeout, so without the
+# probe a network that drops packets (rather than failing DNS) would hang the first request.
+PROBE_TIMEOUT = 10.0
+# The sources both clients read (kagglehub config.get_kaggle_credentials, kaggle KaggleApi.authenticate);
+# `kaggle auth login` (OAuth) is not one: kagglehub, which uploads the files, does not read it.
+CREDENTIALS_HELP = ("set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or put kaggle.json (from "
+                    "kaggle.com/settings, 'Create New Token') in ~/.kaggle or $KAGGLE_CONFIG_DIR")
+
+
 class UploadError(RuntimeError):
-    """An upload did not happen (or not all of it); the message says what was uploaded."""
+    """An upload did not happen, or not all of it; the message names the variation and the step
+    that failed, ``uploaded`` holds what was uploaded before (the message lists it too)."""
+
+    def __init__(self, message: str, uploaded: Sequence["Uploaded"] = ()):
+        done = (f"uploaded before: {', '.join(u.handle for u in uploaded)}" if uploaded
+                else "no variation was uploaded")
+        super().__init__(f"{message}; {done}.")
+        self.uploaded = list(uploaded)
 
 
-def _credentials_source() -> Optional[str]:
-    """Where kagglehub would find credentials, or None (its config.get_kaggle_credentials)."""
+@dataclasses.dataclass
+class Uploaded:
+    """One variation uploaded (files and metadata)."""
+
+    handle: str  # OWNER/MODEL/FRAMEWORK/VARIATION
+    action: str  # "created" (its first version) or "new version"
+    version: int  # Kaggle's current version number after the upload (0: Kaggle did not say)
+    files: List[str]
+    size: int  # bytes
+    version_notes: str  # sent with a new version (Kaggle takes none for the first one)
+
+
+@dataclasses.dataclass
+class UploadReport:
+    """What ``upload`` did: the model (card) and each variation."""
+
+    model: str  # OWNER/MODEL
+    model_action: str  # "created" or "updated"
+    variations: List[Uploaded]
+
+
+def credentials_source() -> Optional[str]:
+    """Where the Kaggle clients will find credentials (an environment variable or a file), or None;
+    reads no network. Raises UploadError for a kaggle.json that does not parse."""
     from kagglehub.config import get_kaggle_credentials
+    from kagglesdk.kaggle_env import get_access_token_from_env
 
-    return "found" if get_kaggle_credentials() else None
+    try:
+        found = get_kaggle_credentials()  # KAGGLE_API_TOKEN, ~/.kaggle/access_token, KAGGLE_USERNAME/KEY, kaggle.json
+    except ValueError as err:  # a kaggle.json without username/key, or not JSON
+        raise UploadError(f"Bad Kaggle credentials: {err}") from err
+    if found is None:
+        return None
+    token, where = get_access_token_from_env()
+    if token:
+        return "KAGGLE_API_TOKEN" if where == "KAGGLE_API_TOKEN" else "~/.kaggle/access_token"
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    return "kaggle.json"
+
+
+def kaggle_endpoint() -> str:
+    """The URL of the Kaggle API the clients talk to (kagglesdk's endpoint for KAGGLE_API_ENVIRONMENT)."""
+    from kagglesdk.kaggle_env import get_endpoint, get_env
+
+    return get_endpoint(get_env())
+
+
+def check_reachable(timeout: float = PROBE_TIMEOUT) -> None:
+    """One HTTP request to the Kaggle API host, through the proxies the clients would use; any
+    answer will do. UploadError naming the host when none comes within ``timeout`` seconds."""
+    import urllib.parse
+
+    import requests
+
+    url = kaggle_endpoint()
+    proxy = requests.utils.get_environ_proxies(url).get(urllib.parse.urlsplit(url).scheme)
+    host = urllib.parse.urlsplit(url).netloc + (f" (through the proxy {proxy})" if proxy else "")
+    try:
+        requests.head(url, timeout=timeout, allow_redirects=False).close()
+    except requests.exceptions.Timeout as err:
+        raise UploadError(f"Cannot reach {host}: no answer within {timeout:g} s (no network?)") from err
+    except requests.exceptions.RequestException as err:  # no DNS, refused, a proxy that fails
+        raise UploadError(f"Cannot reach {host} (no network?): {err}") from err
 
 
 def _host_of(error: BaseException) -> str:
-    request = getattr(error, "request", None)
-    url = getattr(request, "url", None) or ""
-    match = re.search(r"host='([^']+)'", str(error)) or re.search(r"https?://([^/:]+)", url)
+    match = re.search(r"host='([^']+)'", str(error))
     return match.group(1) if match else "the Kaggle API"
 
 
-def upload(tree: str, owner: str, model_slug: Optional[str] = None) -> List[str]:
-    """Uploads every variation of a checked tree with ``kagglehub.model_upload`` as
-    ``OWNER/MODEL/FRAMEWORK/VARIATION`` (a new version when it exists), version notes from the
-    manifest. Returns the handles uploaded.
+def _describe(error: BaseException) -> str:
+    """A failed call in a few words: the host for connection errors, Kaggle's answer otherwise."""
+    import requests
+
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return f"cannot reach {_host_of(error)} (no network?)"
+    response = getattr(error, "response", None)
+    status = f"HTTP {response.status_code}: " if response is not None else ""
+    return f"{status}{error}"
+
+
+def _status(error: BaseException) -> Optional[int]:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _metadata_dir(parent: str, name: str, data: Dict) -> str:
+    """A folder holding only ``name`` with ``data``: what the kaggle client reads metadata from."""
+    directory = tempfile.mkdtemp(dir=parent)
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    return directory
+
+
+def _kaggle_api(source: str):
+    """An authenticated ``kaggle.KaggleApi``; UploadError when it takes none of the credentials
+    (``source``: where ours were found)."""
+    import contextlib
+    import io
+
+    # `import kaggle` authenticates a module-level client and prints a help text when it finds no
+    # credentials (kaggle/__init__.py); ours are checked before, the text is not for our users.
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        try:
+            api.authenticate()
+        except SystemExit as err:  # authenticate() exits when no method works
+            raise UploadError(f"The kaggle client did not accept the credentials from {source} (an expired "
+                              f"KAGGLE_API_TOKEN?): {CREDENTIALS_HELP}") from err
+    return api
+
+
+def _check_response(result, what: str) -> None:
+    error = getattr(result, "error", "")
+    if error:
+        raise RuntimeError(f"Kaggle answered to {what}: {error}")
+
+
+def _exists(get, name: str) -> bool:
+    """Whether ``get(name)`` (KaggleApi.model_get / model_instance_get) finds it; 404 and 403 say
+    no (kagglehub's create_model_if_missing treats 403 as missing too)."""
+    import requests
+
+    try:
+        get(name)
+        return True
+    except requests.exceptions.HTTPError as err:
+        if _status(err) in (403, 404):
+            return False
+        raise
+
+
+def _upload_card(api, model: Dict, scratch: str, log) -> str:
+    """Creates the model with its card, or updates the card; returns "created" or "updated"."""
+    handle, stage, action = f"{model['ownerSlug']}/{model['slug']}", "checking whether it exists", "created"
+    try:
+        if _exists(api.model_get, handle):
+            action, stage = "updated", "updating its card"
+            log(f"upload: model {handle} exists: updating its card")
+            card = {k: v for k, v in model.items() if k != "isPrivate"}  # keep the visibility chosen on Kaggle
+            _check_response(api.model_update(_metadata_dir(scratch, kaggle_models.MODEL_METADATA, card)), stage)
+        else:
+            stage = "creating it"
+            log(f"upload: creating model {handle} ({'private' if model['isPrivate'] else 'public'}) with its card")
+            _check_response(api.model_create_new(_metadata_dir(scratch, kaggle_models.MODEL_METADATA, model)), stage)
+    except Exception as err:  # requests' errors, kaggle's ValueError, _check_response's RuntimeError
+        raise UploadError(f"model {handle}: {stage} failed: {_describe(err)}") from err
+    return action
+
+
+def _upload_variation(api, handle: str, directory: str, variation: Dict, instance: Dict, scratch: str,
+                      log, done: List[Uploaded], position: str = "") -> Uploaded:
+    """Uploads one variation's files (first or new version) and applies its metadata."""
+    import kagglehub
+
+    files = variation["files"]
+    size = sum(os.path.getsize(os.path.join(directory, name)) for name in files)
+    stage = "checking whether it exists"
+    try:
+        action = "new version" if _exists(api.model_instance_get, handle) else "created"
+        log(f"upload: {position}{handle}: uploading {len(files)} files ({size / 2**20:.1f} MiB) as "
+            f"{'its first version' if action == 'created' else 'a new version'}")
+        stage = "uploading its files"
+        # kagglehub keeps sub-folders (the request's `directories`); kaggle_api_extended.py
+        # upload_files skips them or sends each as one archive (dir_mode), not hub.load's layout.
+        kagglehub.model_upload(handle, directory, license_name=instance["licenseName"],
+                               version_notes=variation["version_notes"],
+                               ignore_patterns=list(kaggle_models.UPLOAD_IGNORE))
+        stage = "applying model-instance-metadata.json (its files were uploaded)"
+        _check_response(api.model_instance_update(_metadata_dir(scratch, kaggle_models.INSTANCE_METADATA, instance)),
+                        "the metadata update")
+    except Exception as err:  # requests' errors, kagglehub's BackendError / KaggleApiHTTPError, kaggle's
+        raise UploadError(f"variation {handle}: {stage} failed: {_describe(err)}", done) from err
+    try:
+        version = int(api.model_instance_get(handle).version_number or 0)
+    except Exception:  # everything is uploaded; only the number is unknown
+        version = 0
+    log(f"upload: {position}{handle}: {action}, version {version or '?'}")
+    return Uploaded(handle, action, version, files, size, variation["version_notes"] if action == "new version" else "")
+
+
+def upload(tree: str, owner: Optional[str] = None, model_slug: Optional[str] = None,
+           log=None) -> UploadReport:
+    """Uploads a tree written by ``publish``: creates the model with its card from
+    model-metadata.json (or updates the card, keeping the model's visibility, when it exists), then
+    per variation uploads its files as the first version or a new version (with the manifest's
+    version notes; kagglehub, which keeps sub-folders such as ``variables/``) and applies its
+    model-instance-metadata.json (overview, usage, license, fineTunable, trainingData; the kaggle
+    client). ``owner``/``model_slug`` default to the tree's. ``log`` gets one progress line per
+    step (default: stderr).
 
     Raises:
-      ImportError: kagglehub is not installed.
+      ImportError: kaggle or kagglehub is not installed.
       TreeError: the tree breaks a rule (nothing is uploaded).
-      UploadError: no credentials, no network, or Kaggle refused; names what is missing and which
-        variations were uploaded before.
+      ValueError: a bad owner or model slug.
+      UploadError: no credentials, no network, or Kaggle refused: names the variation and the step
+        that failed and lists the variations uploaded before it.
     """
-    try:
-        import kagglehub
-    except ImportError as err:
-        raise ImportError("Uploading needs kagglehub: pip install efficientnet_tf[kaggle]") from err
+    import importlib.util
+    import logging
+
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    missing = [name for name in ("kaggle", "kagglehub") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"Uploading needs {' and '.join(missing)}: pip install efficientnet_tf[kaggle]")
     manifest = kaggle_models.check_tree(tree)
     with open(os.path.join(tree, kaggle_models.MODEL_METADATA), encoding="utf-8") as f:
         model = json.load(f)
-    check_kaggle_request(owner, "apache-2.0")
-    model_slug = model_slug or model["slug"]
-    if _credentials_source() is None:
-        raise UploadError("No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or put "
-                          "kaggle.json (from kaggle.com/settings, 'Create New Token') in ~/.kaggle or "
-                          "$KAGGLE_CONFIG_DIR. Nothing was uploaded.")
-    done = []
-    for variation in manifest["variations"]:
-        handle = f"{owner}/{model_slug}/{variation['framework']}/{variation['slug']}"
-        directory = os.path.join(tree, variation["framework"], variation["slug"])
-        with open(os.path.join(directory, kaggle_models.INSTANCE_METADATA), encoding="utf-8") as f:
-            license_name = json.load(f)["licenseName"]
-        try:
-            kagglehub.model_upload(handle, directory, license_name=license_name,
-                                   version_notes=variation["version_notes"],
-                                   ignore_patterns=list(kaggle_models.UPLOAD_IGNORE))
-        except Exception as err:  # requests' ConnectionError, kagglehub's BackendError / KaggleApiHTTPError
-            import requests
+    model.update(ownerSlug=owner or model["ownerSlug"], slug=model_slug or model["slug"])
+    check_kaggle_request(model["ownerSlug"], "apache-2.0")
+    if not kaggle_models.SLUG.fullmatch(model["slug"]):
+        raise ValueError(f"Bad model slug {model['slug']!r}: lowercase letters, digits and '-'")
+    source = credentials_source()
+    if source is None:
+        raise UploadError(f"No Kaggle credentials: {CREDENTIALS_HELP}")
+    check_reachable()
+    api = _kaggle_api(source)
+    logging.getLogger("kagglehub").setLevel(logging.WARNING)  # its per-file lines; ours are per variation
 
-            uploaded = f"uploaded before: {done}" if done else "nothing was uploaded"
-            if isinstance(err, requests.exceptions.ConnectionError):
-                raise UploadError(f"Cannot reach {_host_of(err)} to upload {handle} (no network?); {uploaded}.") from err
-            raise UploadError(f"Kaggle refused {handle}: {err}; {uploaded}.") from err
-        done.append(handle)
-    return done
+    done: List[Uploaded] = []
+    with tempfile.TemporaryDirectory(prefix="efficientnet_tf-upload-") as scratch:
+        model_action = _upload_card(api, model, scratch, log)
+        for number, variation in enumerate(manifest["variations"], 1):
+            framework, slug = variation["framework"], variation["slug"]
+            directory = os.path.join(tree, framework, slug)
+            with open(os.path.join(directory, kaggle_models.INSTANCE_METADATA), encoding="utf-8") as f:
+                instance = {**json.load(f), "ownerSlug": model["ownerSlug"], "modelSlug": model["slug"]}
+            handle = f"{model['ownerSlug']}/{model['slug']}/{framework}/{slug}"
+            done.append(_upload_variation(api, handle, directory, variation, instance, scratch, log, done,
+                                          f"[{number}/{len(manifest['variations'])}] "))
+    return UploadReport(f"{model['ownerSlug']}/{model['slug']}", model_action, done)
+
+
+def upload_summary(report: UploadReport) -> str:
+    """What ``upload`` did, for the console."""
+    lines = [f"Uploaded to Kaggle Models: model {report.model} ({report.model_action}, card from "
+             f"{kaggle_models.MODEL_METADATA}), {len(report.variations)} variation(s):"]
+    for item in report.variations:
+        notes = f"; notes: {item.version_notes}" if item.version_notes else ""
+        lines.append(f"  {item.handle}: {item.action}, version {item.version or '?'}, {len(item.files)} files "
+                     f"({item.size / 2**20:.1f} MiB), overview/usage/license/fineTunable/trainingData set{notes}")
+    lines.append(f"  https://www.kaggle.com/models/{report.model}")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m export.publish upload DIR --owner=NAME [--model_slug=SLUG]``."""
+    """``python -m export.publish upload DIR [--owner=NAME] [--model_slug=SLUG]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m export.publish", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("upload", help="upload a Kaggle Models tree written by --publish")
     command.add_argument("dir", help="the publish directory (EXPORT_DIR-publish)")
-    command.add_argument("--owner", required=True, help="Kaggle user or organization slug")
+    command.add_argument("--owner", default=None, help="Kaggle user or organization slug; default: the tree's ownerSlug")
     command.add_argument("--model_slug", default=None, help="default: the tree's model-metadata.json slug")
     args = parser.parse_args(argv)
     try:
-        handles = upload(args.dir, args.owner, args.model_slug)
+        report = upload(args.dir, args.owner, args.model_slug)
     except (UploadError, ImportError, ValueError) as err:
         print(f"upload failed: {err}", file=sys.stderr)
         return 1
-    print(f"Uploaded {len(handles)} variation(s): " + ", ".join(handles))
-    print(f"Model card and variation texts are in {args.dir}: apply them with the kaggle CLI, "
-          f"`kaggle models update -p {args.dir}` and `kaggle models variations update -p DIR/FRAMEWORK/VARIATION`.")
+    print(upload_summary(report))
     return 0
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -513,21 +514,180 @@ def test_tensorflow_hub_fetches_a_published_module_over_http(published, tmp_path
 
 @pytest.mark.integration
 def test_upload_without_credentials_or_network_fails_fast_and_uploads_nothing(published, tmp_path):
+    """The real kaggle and kagglehub clients, offline: no credentials; credentials (environment or
+    kaggle.json) and no DNS; a proxy that accepts and never answers. Each is an error within
+    seconds naming what is missing or the host, and nothing is reported uploaded."""
     publish_dir = published["hub"][1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE") and "proxy" not in k.lower()}
     env.update(HOME=str(tmp_path), KAGGLEHUB_CACHE=str(tmp_path / "cache"), PYTHONPATH=ROOT)
-    command = [sys.executable, "-m", "export.publish", "upload", publish_dir, "--owner=acme"]
-    for extra, expected in (({}, r"No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY.*kaggle\.json"),
-                            # no network here: the host is named (with network, Kaggle refuses the key)
-                            ({"KAGGLE_USERNAME": "acme", "KAGGLE_KEY": "not-a-key"},
-                             r"(Cannot reach \S*kaggle\.com to upload|Kaggle refused) acme/efficientnet-lite0/"
-                             r"tensorFlow2/efficientnet-lite0-classification.*; nothing was uploaded")):
-        started = time.monotonic()
-        done = subprocess.run(command, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=120)
-        assert time.monotonic() - started < 30
-        assert done.returncode == 1, done.stdout + done.stderr
-        assert re.search(expected, done.stderr), done.stderr
+    (tmp_path / "json" / ".kaggle").mkdir(parents=True)
+    (tmp_path / "json" / ".kaggle" / "kaggle.json").write_text('{"username": "acme", "key": "not-a-key"}')
+    hole = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    unreachable = r"Cannot reach api\.kaggle\.com.*; no variation was uploaded"  # no network here
+    command = [sys.executable, "-m", "export.publish", "upload", publish_dir]
+    try:
+        for extra, expected in (({}, r"No Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY.*kaggle\.json"),
+                                ({"KAGGLE_USERNAME": "acme", "KAGGLE_KEY": "not-a-key"}, unreachable),
+                                ({"HOME": str(tmp_path / "json")}, unreachable),
+                                ({"KAGGLE_API_TOKEN": "not-a-token"}, unreachable),
+                                ({"KAGGLE_USERNAME": "acme", "KAGGLE_KEY": "not-a-key",
+                                  "HTTPS_PROXY": f"http://127.0.0.1:{hole.getsockname()[1]}"},
+                                 rf"Cannot reach api\.kaggle\.com \(through the proxy .*\): no answer within "
+                                 rf"{publish.PROBE_TIMEOUT:g} s")):
+            started = time.monotonic()
+            done = subprocess.run(command, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True,
+                                  timeout=120)
+            assert time.monotonic() - started < 30
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert re.search(expected, done.stderr), done.stderr
+            assert "Uploaded" not in done.stdout
+    finally:
+        hole.close()
+
+
+class FakeKaggle(http.server.ThreadingHTTPServer):
+    """Kaggle's API on loopback, as the real kaggle and kagglehub clients speak it with
+    KAGGLE_API_ENVIRONMENT=LOCALHOST (kagglesdk: POST http://localhost/api/v1/SERVICE/METHOD, JSON
+    bodies; blobs PUT to the createUrl StartBlobUpload returns), reached as their HTTP proxy. Keeps
+    the models, the instances' versions (files by path, notes) and their metadata. ``fail_after``
+    = (method, n): that method answers HTTP 500 after n more calls."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), FakeKaggleHandler)
+        self.models, self.instances, self.blobs, self.fail_after = {}, {}, {}, None
+        self.lock = threading.Lock()
+
+
+class FakeKaggleHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_HEAD(self):  # our reachability probe
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_PUT(self):  # a blob's upload URL (kagglehub gcs_upload._upload_blob)
+        data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.server.lock:
+            self.server.blobs[self.path.rsplit("/", 1)[-1]]["data"] = data
+        self._send(200, {})
+
+    def do_POST(self):
+        method = urllib.parse.urlsplit(self.path).path.rsplit("/", 1)[-1]  # an absolute URI: we are the proxy
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        server, inner = self.server, body.get("body", {})
+        with server.lock:
+            if server.fail_after and server.fail_after[0] == method:
+                if server.fail_after[1] == 0:
+                    return self._send(500, {"code": 500, "message": f"{method} failed (test)"})
+                server.fail_after = (method, server.fail_after[1] - 1)
+            if method == "StartBlobUpload":
+                token = f"blob{len(server.blobs)}"
+                server.blobs[token] = {"name": body["name"]}
+                return self._send(200, {"token": token, "createUrl": f"http://localhost/upload/{token}"})
+            model = f"{body.get('ownerSlug')}/{body.get('modelSlug') or body.get('slug')}"
+            framework = str(body.get("framework") or inner.get("framework"))  # MODEL_FRAMEWORK_TENSOR_FLOW_2
+            framework = framework.replace("MODEL_FRAMEWORK_", "").replace("_", "").lower()  # tensorflow2
+            key = f"{model}/{framework}/{body.get('instanceSlug') or inner.get('instanceSlug')}"
+            found = {"GetModel": server.models, "GetModelInstance": server.instances}
+            if method in found:
+                if (model if method == "GetModel" else key) not in found[method]:
+                    return self._send(404, {"code": 404, "message": "Not found"})
+                versions = len(server.instances.get(key, {}).get("versions", []))
+                return self._send(200, {"id": 1, "versionNumber": versions})
+            if method in ("CreateModel", "UpdateModel"):
+                server.models.setdefault(model, []).append(body)
+            elif method == "CreateModelInstance" and key in server.instances:  # Kaggle: 409 in the body
+                return self._send(200, {"error": "Instance already exists", "errorCode": 409})
+            elif method in ("CreateModelInstance", "CreateModelInstanceVersion"):
+                files, folders = {}, [("", inner)]
+                for prefix, folder in folders:
+                    files.update({prefix + server.blobs[f["token"]]["name"]: server.blobs[f["token"]]["data"]
+                                  for f in folder.get("files", [])})
+                    folders += [(f"{prefix}{d['name']}/", d) for d in folder.get("directories", [])]
+                server.instances.setdefault(key, {"versions": [], "metadata": []})["versions"].append(
+                    {"files": files, "notes": inner.get("versionNotes", ""), "license": inner.get("licenseName")})
+            elif method == "UpdateModelInstance":
+                server.instances[key]["metadata"].append(body)
+            else:
+                return self._send(404, {"code": 404, "message": f"no {method} here"})
+            return self._send(200, {"id": 1, "url": "https://www.kaggle.com/models/" + model, "error": ""})
+
+
+@pytest.mark.integration
+def test_upload_creates_the_model_and_variations_then_new_versions(published, tmp_path):
+    """The real kaggle and kagglehub clients against a loopback Kaggle API: the first upload creates
+    the model with its card and each variation with exactly its files (folders kept) and its
+    metadata; the second updates the card (visibility kept) and adds a version with the export's
+    notes; a failure in the second variation names it and the step, and reports only the first."""
+    import html
+
+    tree = published["hub"][1]
+    manifest = kaggle_models.check_tree(tree)
+    card = json.load(open(os.path.join(tree, kaggle_models.MODEL_METADATA)))
+    server = FakeKaggle()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE") and "proxy" not in k.lower()}
+    env.update(HOME=str(tmp_path), PYTHONPATH=ROOT, KAGGLE_API_ENVIRONMENT="LOCALHOST", KAGGLE_USERNAME="acme",
+               KAGGLE_KEY="not-a-key", HTTP_PROXY=f"http://127.0.0.1:{server.server_address[1]}")
+    command = [sys.executable, "-m", "export.publish", "upload", tree]
+    handles = [f"acme/{card['slug']}/{v['framework']}/{v['slug']}" for v in manifest["variations"]]
+    try:
+        for run, action in ((1, "created"), (2, "new version")):
+            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+            assert f"model acme/{card['slug']} ({'created' if run == 1 else 'updated'}" in done.stdout
+            (sent,) = server.models[f"acme/{card['slug']}"][run - 1:]
+            assert html.unescape(sent["description"]) == card["description"]  # the client escapes HTML (bleach)
+            assert (sent["title"], sent["subtitle"]) == (card["title"], card["subtitle"])
+            if run == 1:
+                assert sent["isPrivate"] is True
+            else:  # the update's field mask leaves the visibility chosen on kaggle.com alone
+                assert "description" in str(sent["updateMask"]) and "private" not in str(sent["updateMask"])
+            for handle, variation in zip(handles, manifest["variations"]):
+                assert f"{handle}: {action}, version {run}, {len(variation['files'])} files" in done.stdout
+                directory = os.path.join(tree, variation["framework"], variation["slug"])
+                instance = json.load(open(os.path.join(directory, kaggle_models.INSTANCE_METADATA)))
+                stored = server.instances[handle.lower()]
+                version = stored["versions"][run - 1]
+                assert version["files"] == {name: open(os.path.join(directory, name), "rb").read()
+                                            for name in variation["files"]}
+                assert version["notes"] == ("" if run == 1 else variation["version_notes"])
+                metadata = stored["metadata"][run - 1]
+                assert html.unescape(metadata["usage"]) == instance["usage"]
+                assert html.unescape(metadata["overview"]) == instance["overview"]
+                for key in ("licenseName", "fineTunable", "trainingData"):
+                    assert metadata[key] == instance[key], key
+        server.fail_after = ("StartBlobUpload", len(manifest["variations"][0]["files"]))
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1
+        assert f"variation {handles[1]}: uploading its files failed: " in done.stderr, done.stderr[-3000:]
+        assert done.stderr.rstrip().endswith(f"; uploaded before: {handles[0]}.")
         assert "Uploaded" not in done.stdout
+        versions = [len(server.instances[handle.lower()]["versions"]) for handle in handles]
+        assert versions == [3] + [2] * (len(handles) - 1)  # nothing after the failure
+        server.fail_after = None  # another owner and slug than the tree's
+        done = subprocess.run(command + ["--owner=other", "--model_slug=lite0-copy"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert server.models["other/lite0-copy"][0]["slug"] == "lite0-copy"
+        for handle in handles:
+            copy = server.instances[handle.lower().replace(f"acme/{card['slug']}/", "other/lite0-copy/")]
+            assert (len(copy["versions"]), copy["metadata"][0]["ownerSlug"]) == (1, "other")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.integration
