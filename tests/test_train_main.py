@@ -269,7 +269,7 @@ def test_image_folder_with_a_corrupt_file(image_folder, tmp_path):
     (["--train_batch_size=8", "--config=train.batch_size=16"], "both by a flag and by --config"),
     (["--augment_name=autoaug"], "data.augment_name='autoaug'"),
     (["--mode=eval"], "needs a checkpoint"),
-    (["--export_format=onnx", "--export_dir=/tmp/x_export"], "--export_format='onnx'"),
+    (["--export_format=coreml", "--export_dir=/tmp/x_export"], "--export_format='coreml'"),
     (["--num_cpu_devices=2", "--tpu=local"], "--num_cpu_devices"),
     (["--init_weights=/no/such/run"], "does not exist"),
 ])
