@@ -111,8 +111,10 @@ def test_fine_tuning_matches_tf_keras_hub_keras_layer(modules, digits):
 
     Tolerance: after one step the weights differ by float32 round-off (measured 8e-8 relative);
     full-network fine-tuning with batch statistics amplifies it about tenfold per step
-    (1e-6, 1e-5, 3e-4, 3e-3 after steps 2..5), so three steps are compared: per-batch losses
-    to 1e-5 and the weights after them to 1e-3, relative.
+    (1e-6, 1e-5, 3e-4, 3e-3 after steps 2..5), so three steps are compared: the first loss
+    (same weights) to 1e-5, the later ones to 1e-4 (the third differed by 1.45e-5 in one
+    fresh-clone CI run: the order of oneDNN's reductions varies with threading), and the
+    weights after them to 1e-3, relative.
     """
     import tensorflow_hub as hub
     import tf_keras
@@ -131,7 +133,8 @@ def test_fine_tuning_matches_tf_keras_hub_keras_layer(modules, digits):
         model.fit(images, labels, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[record])
         losses[name], layers[name] = seen, layer
     assert len(losses["keras3"]) == 3
-    np.testing.assert_allclose(losses["keras3"], losses["tf_keras"], rtol=1e-5)
+    np.testing.assert_allclose(losses["keras3"][0], losses["tf_keras"][0], rtol=1e-5)
+    np.testing.assert_allclose(losses["keras3"][1:], losses["tf_keras"][1:], rtol=1e-4)
     ours, theirs = layers["keras3"], layers["tf_keras"]
     assert len(ours.trainable_weights) == len(theirs.trainable_weights)
     for a, b in zip(ours.weights, theirs.weights):
