@@ -49,6 +49,12 @@ def randomize_like_trained(model, calibration_images, seed=0):
 def seeded_model(name, calibration_images, seed=0, **build_kwargs):
     """``build_model(name, **build_kwargs)`` with Keras' seed set and
     :func:`randomize_like_trained` applied: the same weights on every run and machine, so no check
-    on the model depends on the luck of an initialisation."""
+    on the model depends on the luck of an initialisation.
+
+    ``calibration_images`` is a batch, or a function of the built model returning one (for a
+    batch that depends on the model's facts, such as its evaluation preprocessing)."""
     keras.utils.set_random_seed(seed)
-    return randomize_like_trained(build_model(name, **build_kwargs), calibration_images, seed)
+    model = build_model(name, **build_kwargs)
+    if callable(calibration_images):
+        calibration_images = calibration_images(model)
+    return randomize_like_trained(model, calibration_images, seed)

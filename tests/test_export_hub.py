@@ -19,8 +19,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    model = efficientnet_tf.build_model("efficientnet-b0", classifier_activation=None)
-    model = seeded_model("efficientnet-b0", reference_batch(prepare(model, image_size=SIZE)),
+    model = seeded_model("efficientnet-b0", lambda m: reference_batch(prepare(m, image_size=SIZE)),
                          classifier_activation=None)
     path = str(tmp_path_factory.mktemp("hub") / "b0")
     result = export_model(model, path, format="hub", image_size=SIZE)

@@ -22,9 +22,7 @@ FEATURE_KEYS = {"default", "stem", "reduction_1", "reduction_2", "reduction_3", 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     # No dropout or drop-connect, so that the train graph is deterministic and comparable.
-    model = efficientnet_tf.build_model("efficientnet-b0", classifier_activation=None, dropout_rate=0.0,
-                                        drop_connect_rate=0.0)
-    model = seeded_model("efficientnet-b0", reference_batch(prepare(model, image_size=SIZE)),
+    model = seeded_model("efficientnet-b0", lambda m: reference_batch(prepare(m, image_size=SIZE)),
                          classifier_activation=None, dropout_rate=0.0, drop_connect_rate=0.0)
     path = str(tmp_path_factory.mktemp("tf1") / "module")
     result = export_model(model, path, format="hub_tf1", image_size=SIZE)

@@ -2,7 +2,6 @@
 reloaded in ONNX Runtime at batch 1 and 5 and compared with the Keras model."""
 
 import os
-import sys
 
 import keras
 import numpy as np
@@ -13,6 +12,7 @@ from efficientnet_tf.labels import class_names
 from efficientnet_tf.testing import randomize_like_trained
 from export import export_model
 from export import onnx as onnx_export
+from helpers import assert_missing_dependency_is_clear
 
 SIZE = 64  # small: conversion time hardly depends on it, the checks are the same
 
@@ -74,11 +74,8 @@ def test_onnx_export_reloads_in_onnxruntime_at_batch_1_and_5(name, tmp_path):
 
 def test_missing_converter_is_a_clear_error(tmp_path, monkeypatch):
     model = efficientnet_tf.build_model("efficientnet-b0", input_shape=(SIZE, SIZE, 3))
-    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # what `import tf2onnx` sees when absent
-    out = tmp_path / "never"
-    with pytest.raises(ImportError, match=r"pip install efficientnet_tf\[onnx\]"):
-        export_model(model, str(out), format="onnx")
-    assert not out.exists() and os.listdir(tmp_path) == []
+    assert_missing_dependency_is_clear(monkeypatch, tmp_path, model, module="tf2onnx",
+                                       format="onnx", extra="onnx")
 
 
 def test_convert_rejects_what_is_not_a_saved_model(tmp_path):

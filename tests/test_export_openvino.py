@@ -3,7 +3,6 @@ TensorFlow reader on the ``saved_model`` export: real conversions, reloaded with
 runtime, compared with the Keras model and with TensorFlow's own run of the SavedModel."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import tensorflow as tf
 from efficientnet_tf.testing import seeded_model
 from export import export_model
 from export import openvino as ov_export
-from helpers import relative_error
+from helpers import assert_missing_dependency_is_clear, relative_error
 
 SIZE = 64  # small: conversion time does not depend on it, the check is the same
 
@@ -67,11 +66,8 @@ def test_saved_model_export_reads_in_openvino_with_equal_outputs(model, tmp_path
 
 
 def test_missing_openvino_is_a_clear_error(model, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` sees when absent
-    out = tmp_path / "never"
-    with pytest.raises(ImportError, match=r"pip install efficientnet_tf\[openvino\]"):
-        export_model(model, str(out), format="openvino")
-    assert not out.exists() and os.listdir(tmp_path) == []
+    assert_missing_dependency_is_clear(monkeypatch, tmp_path, model, module="openvino",
+                                       format="openvino", extra="openvino")
 
 
 def test_export_openvino_rejects_what_is_not_a_saved_model(tmp_path):
