@@ -6,6 +6,7 @@ Each optimizer's steps are compared with a numpy transcription of its published 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -302,3 +303,18 @@ def test_lars_run_with_clipping_and_layer_decay_records_them(digits_dir, tmp_pat
     assert info["layer_decay"] == pytest.approx(_stated_scales(0.8))
     assert "layer decay: stem x0.167772" in proc.stdout
     assert os.path.exists(os.path.join(model_dir, "ckpt-3.index"))
+
+
+def test_the_docs_table_follows_the_optimizer_table():
+    with open(os.path.join(ROOT, "docs", "training.md")) as f:
+        text = f.read()
+    section = text.split("## Large-batch optimizers")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines()
+            if line.startswith("| `")}
+    documented = {name.strip(" `") for names in rows for name in names.split(",")}
+    assert documented == set(opt_lib.OPTIMIZERS)
+    for name, spec in opt_lib.OPTIMIZERS.items():
+        row = next(line for names, line in rows.items() if f"`{name}`" in names)
+        for key, value in spec.defaults.items():
+            found = re.search(rf"{key} ([0-9.e+-]+)", row)
+            assert found and float(found.group(1)) == value, (name, key)
