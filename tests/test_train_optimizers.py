@@ -301,7 +301,7 @@ def test_lars_run_with_clipping_and_layer_decay_records_them(digits_dir, tmp_pat
     info = read_json(model_dir, "run_info.json")["optimizer"]
     assert info["name"] == "lars" and info["grad_clip_norm"] == 1.0
     assert info["layer_decay"] == pytest.approx(_stated_scales(0.8))
-    assert "layer decay: stem x0.167772" in proc.stdout
+    assert "Layer-wise learning-rate scales: stem x0.1678, stage1 x0.2097" in proc.stdout
     assert os.path.exists(os.path.join(model_dir, "ckpt-3.index"))
 
 

@@ -142,11 +142,12 @@ def build(cfg: config_lib.Config, strategy: tf.distribute.Strategy, *, num_class
 
 
 def _print_optimizer(info: Dict[str, object]) -> None:
-    """One line for the optimizer settings, one per layer-decay group (also in run_info.json)."""
+    """The optimizer settings and the layer-decay scales in two lines (also in run_info.json)."""
     settings = ", ".join(f"{k} {v}" for k, v in info.items() if k != "layer_decay")
     print(f"Optimizer: {settings}", flush=True)
-    for group, scale in info.get("layer_decay", {}).items():
-        print(f"  layer decay: {group} x{scale:.6g}", flush=True)
+    if info.get("layer_decay"):
+        print("Layer-wise learning-rate scales: " + ", ".join(
+            f"{group} x{scale:.4g}" for group, scale in info["layer_decay"].items()), flush=True)
 
 
 def _model(cfg: config_lib.Config, num_classes: int) -> keras.Model:
