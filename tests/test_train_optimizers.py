@@ -318,3 +318,25 @@ def test_the_docs_table_follows_the_optimizer_table():
         for key, value in spec.defaults.items():
             found = re.search(rf"{key} ([0-9.e+-]+)", row)
             assert found and float(found.group(1)) == value, (name, key)
+
+
+def test_decay_and_trust_ratio_exclusions_are_bn_parameters_and_biases(lite0_and_grads):
+    model, _ = lite0_and_grads
+    excluded = opt_lib.excluded_variables(model, config_lib.TrainConfig().weight_decay_exclude)
+    assert {v.path.rsplit("/", 1)[1] for v in excluded} == {"gamma", "beta", "bias"}
+    kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
+    assert len(excluded) + len(kernels) == len(model.trainable_variables)
+
+
+def test_lamb_without_decay_and_exclusions_equals_keras_lamb():
+    """Keras' Lamb differs only in where it decays and in excluding nothing: without either,
+    the two take the same steps (a cross-check with a library implementation)."""
+    ours = [keras.Variable(W0), keras.Variable(B0)]
+    theirs = [keras.Variable(W0), keras.Variable(B0)]
+    lamb = opt_lib.LAMB(0.01, epsilon=1e-6, weight_decay_rate=0.0)
+    reference = keras.optimizers.Lamb(0.01, epsilon=1e-6)
+    for gw, gb in GRADS:
+        lamb.apply_gradients(zip([tf.constant(gw), tf.constant(gb)], ours))
+        reference.apply_gradients(zip([tf.constant(gw), tf.constant(gb)], theirs))
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)

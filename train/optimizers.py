@@ -278,10 +278,9 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {spec.name: spec for spec in (
 
 
 def describe() -> str:
-    """One line per optimizer with its defaults (help texts)."""
-    return "; ".join(
-        name + (" (" + ", ".join(f"{k} {v:g}" for k, v in spec.defaults.items()) + ")"
-                if spec.defaults else "") for name, spec in OPTIMIZERS.items())
+    """The optimizers with optional settings and their defaults, in one line (help texts)."""
+    return "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in spec.defaults.items())
+                     for name, spec in OPTIMIZERS.items() if spec.defaults)
 
 
 def check(train_cfg) -> None:
