@@ -164,7 +164,9 @@ class TrainerHooks:
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         # Keras' own global_clipnorm clips each replica's share before the all-reduce (as
         # automl's gclip does); the norm here is the global batch's (NVIDIA clips after the
-        # Horovod all-reduce). Same steps as keras' TF backend _backend_update_step.
+        # Horovod all-reduce). Same steps as keras' TF backend _backend_update_step (its
+        # internals as of keras 3.15; the two-replica test in test_train_optimizers.py
+        # notices when they change).
         variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
         pairs = self._all_reduce_sum_gradients(list(zip(grads, variables)))
         clipped, _ = tf.clip_by_global_norm([g for g, _ in pairs], self.clip_norm)
