@@ -122,7 +122,7 @@ def test_steps_replace_epochs():
     ({"label_smoothing": 1.5}, [], None, "train.label_smoothing=1.5"),
     ({"image_size": 100}, ["train.stages=4", "train.stage_min_image_size=128"], None, "larger"),
     ({}, ["train.weight_decay_exclude=(oops"], None, "not a regular expression"),
-    ({}, ["train.optimizer=lamb"], None, "valid values"),
+    ({}, ["train.optimizer=lion"], None, "valid values"),
 ])
 def test_invalid_combinations_fail_early(flags, items, recipe, message):
     with pytest.raises(ValueError, match=message):

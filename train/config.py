@@ -26,7 +26,7 @@ from train import augment
 from train.distribute import PRECISIONS
 from train.preprocessing import CROP_RULES
 from train.schedules import DECAY_TYPES
-from train.state import OPTIMIZERS
+from train import optimizers
 
 DIGITS = "sklearn_digits"  # the embedded default dataset (train/digits_dataset.py)
 MODES = ("train", "eval", "train_and_eval")
@@ -97,6 +97,16 @@ class TrainConfig:
     stage_min_randaug_magnitude: float = 5.0
     stage_min_mixup_alpha: float = 0.0
     stage_min_cutmix_alpha: float = 0.0
+    # Large-batch optimizers, clipping, layer-wise decay (#22, train/optimizers.py): None = the
+    # optimizer's default from its row in optimizers.OPTIMIZERS (an error for one that has none).
+    optimizer_weight_decay: Optional[float] = None  # adamw (decoupled), lamb, lars (trust ratio)
+    beta_1: Optional[float] = None  # adamw, lamb
+    beta_2: Optional[float] = None  # adamw, lamb
+    optimizer_epsilon: Optional[float] = None  # adamw, lamb, lars (rmsprop: train.epsilon)
+    trust_coefficient: Optional[float] = None  # lars (eeta)
+    grad_clip_norm: Optional[float] = None  # clip by global norm (global batch); None/0: off
+    layer_decay: Optional[float] = None  # layer-wise lr decay per group (timm); None: off
+    layer_decay_groups: str = "stage"  # stage, or block (timm's param_groups_layer_decay)
 
 
 @dataclasses.dataclass
@@ -348,7 +358,7 @@ def validate(config: Config) -> None:
     _check_range("train.steps", t.steps, 1)
     if t.epochs is None and t.steps is None:
         raise ValueError("Set one of train.epochs (--train_epochs) or train.steps (--train_steps)")
-    _check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    optimizers.check(t)  # optimizer, its settings, grad_clip_norm, layer_decay (#22)
     _check_choice("train.lr_schedule", t.lr_schedule, DECAY_TYPES)
     _check_range("train.base_learning_rate", t.base_learning_rate, 0, low_open=True)
     _check_range("train.lr_min", t.lr_min, 0)

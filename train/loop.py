@@ -58,7 +58,8 @@ def run(cfg: config_lib.Config, *, mode: str, model_dir: str, tpu: Optional[str]
         state = state_lib.build(cfg, strategy, num_classes=plan.num_classes,
                                 precision=devices["precision"], total_steps=plan.total_steps,
                                 steps_per_epoch=plan.epoch_steps, init_source=init_source)
-        run_info = {**devices, "sync_bn": state.sync_bn, **plan.info()}
+        run_info = {**devices, "sync_bn": state.sync_bn, **plan.info(),
+                    "optimizer": state.optimizer_info}  # (#22)
         store.write_json(run_info, checkpoints.RUN_INFO)
         logging.info("Run: %s", run_info)
         store.attach(tf.train.Checkpoint(**state.tracked()), cfg.runtime.keep_checkpoint_max)

@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 import export  # noqa: E402
 from efficientnet_tf import console  # noqa: E402
 from train import augment, checkpoints, distribute, input_pipeline, lock, loop, recipes  # noqa: E402
+from train import optimizers  # noqa: E402
 from train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -72,6 +73,15 @@ flags.DEFINE_string("init_weights", None, "Initial weights: a weights tag (image
                     "anything efficientnet_tf.load_weights accepts, or a model_dir of this trainer; the "
                     "classifier is dropped when the number of classes differs.")
 flags.DEFINE_boolean("skip_corrupt", None, "Skip (and count) undecodable images instead of failing.")
+# Large-batch optimizers, clipping, layer-wise decay (#22); defaults: train/optimizers.py.
+flags.DEFINE_string("optimizer", None, ", ".join(optimizers.OPTIMIZERS) + " (default: the "
+                    "recipe's). Defaults: " + optimizers.describe() + ".")
+flags.DEFINE_float("optimizer_weight_decay", None, "Weight decay inside adamw (decoupled), "
+                   "lamb and lars (trust ratio); default: the optimizer's.")
+flags.DEFINE_float("grad_clip_norm", None, "Clip the gradients of the global batch to this "
+                   "global norm (0: off).")
+flags.DEFINE_float("layer_decay", None, "Layer-wise learning-rate decay: the classifier x1, "
+                   "each group toward the stem x this once more (timm --layer-decay; off by default).")
 
 # flag name -> config key
 FLAG_KEYS = {
@@ -98,6 +108,10 @@ FLAG_KEYS = {
     "num_classes": "model.num_classes",
     "init_weights": "model.init_weights",
     "skip_corrupt": "data.skip_corrupt",
+    "optimizer": "train.optimizer",  # (#22)
+    "optimizer_weight_decay": "train.optimizer_weight_decay",
+    "grad_clip_norm": "train.grad_clip_norm",
+    "layer_decay": "train.layer_decay",
 }
 
 

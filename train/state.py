@@ -27,10 +27,8 @@ from efficientnet_tf.weights.core import variable_key
 from train import config as config_lib
 from train import distribute
 from train import fine_tune
+from train import optimizers as optimizers_lib
 from train import schedules
-
-OPTIMIZERS = ("rmsprop", "adam", "sgd", "momentum")
-
 
 @dataclasses.dataclass
 class TrainState:
@@ -43,7 +41,8 @@ class TrainState:
     ema_vars: List[tf.Variable] = dataclasses.field(default_factory=list)
     ema_shadows: List[tf.Variable] = dataclasses.field(default_factory=list)
     rng_states: List[tf.Variable] = dataclasses.field(default_factory=list)
-    decayed: List[tf.Variable] = dataclasses.field(default_factory=list)  # get weight decay
+    decayed: List[tf.Variable] = dataclasses.field(default_factory=list)  # get the L2 term
+    optimizer_info: Dict[str, object] = dataclasses.field(default_factory=dict)  # run_info
     sync_bn: bool = False
 
     @property
@@ -118,12 +117,13 @@ def build(cfg: config_lib.Config, strategy: tf.distribute.Strategy, *, num_class
             decay_epochs=train_cfg.lr_decay_epochs, decay_factor=train_cfg.lr_decay_factor,
             total_steps=max(total_steps, 1),
             min_learning_rate=schedules.scaled_learning_rate(train_cfg.lr_min, batch))
-        optimizer = make_optimizer(train_cfg, schedule)
+        optimizer, optimizer_info = optimizers_lib.make_optimizer(train_cfg, schedule, model)
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)  # slots now, not inside the traced step
         state = TrainState(model, optimizer, schedule,
-                           tf.Variable(-1.0, trainable=False, name="best_top1"), sync_bn=sync_bn)
+                           tf.Variable(-1.0, trainable=False, name="best_top1"), sync_bn=sync_bn,
+                           optimizer_info=optimizer_info)
         if train_cfg.moving_average_decay > 0:
             state.ema_vars = fine_tune.ema_variables(model)
             state.ema = tf.train.ExponentialMovingAverage(train_cfg.moving_average_decay,
@@ -133,9 +133,21 @@ def build(cfg: config_lib.Config, strategy: tf.distribute.Strategy, *, num_class
     state.rng_states = [v.value for v in model.non_trainable_variables
                         if v.path.endswith("seed_generator_state")]
     exclude = re.compile(train_cfg.weight_decay_exclude)
-    state.decayed = [var.value for layer in model.layers for var in layer.trainable_weights
-                     if not exclude.match(variable_key(layer.name, var))]
+    # AdamW and LAMB decay inside the optimizer: no L2 loss term (an empty list turns it off).
+    if optimizers_lib.OPTIMIZERS[train_cfg.optimizer].l2_loss:
+        state.decayed = [var.value for layer in model.layers for var in layer.trainable_weights
+                         if not exclude.match(variable_key(layer.name, var))]
+    _print_optimizer(optimizer_info)
     return state
+
+
+def _print_optimizer(info: Dict[str, object]) -> None:
+    """The optimizer settings and the layer-decay scales in two lines (also in run_info.json)."""
+    settings = ", ".join(f"{k} {v}" for k, v in info.items() if k != "layer_decay")
+    print(f"Optimizer: {settings}", flush=True)
+    if info.get("layer_decay"):
+        print("Layer-wise learning-rate scales: " + ", ".join(
+            f"{group} x{scale:.4g}" for group, scale in info["layer_decay"].items()), flush=True)
 
 
 def _model(cfg: config_lib.Config, num_classes: int) -> keras.Model:
@@ -153,23 +165,6 @@ def _model(cfg: config_lib.Config, num_classes: int) -> keras.Model:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
     return model
-
-
-def make_optimizer(train_cfg: config_lib.TrainConfig, learning_rate):
-    """The recipe's optimizer. RMSProp as in the official code: rho ('decay') 0.9, momentum
-    0.9, epsilon 1e-3 inside the square root (Keras' RMSprop and TF1's agree on that; TF1
-    started the mean square at 1.0, Keras at 0)."""
-    name = train_cfg.optimizer
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate, rho=train_cfg.rmsprop_rho,
-                                        momentum=train_cfg.momentum, epsilon=train_cfg.epsilon)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if name == "momentum":
-        return keras.optimizers.SGD(learning_rate, momentum=train_cfg.momentum)
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate)
-    raise ValueError(f"train.optimizer={name!r}; valid: {OPTIMIZERS}")
 
 
 def weights_digest(model: keras.Model) -> float:
