@@ -72,6 +72,12 @@ flags.DEFINE_string("init_weights", None, "Initial weights: a weights tag (image
                     "anything efficientnet_tf.load_weights accepts, or a model_dir of this trainer; the "
                     "classifier is dropped when the number of classes differs.")
 flags.DEFINE_boolean("skip_corrupt", None, "Skip (and count) undecodable images instead of failing.")
+# ImageNet-21k style training and the holdout split (#22)
+flags.DEFINE_boolean("use_binary_cross_entropy", None, "Sigmoid binary cross-entropy instead of "
+                     "softmax cross-entropy (multi-label data; Model Garden's name).")
+flags.DEFINE_float("reprob", None, "Random erasing probability per train image (timm's name; 0: off).")
+flags.DEFINE_float("holdout_fraction", None, "Hold out this fraction of the train split and "
+                   "evaluate on it (for datasets without a validation split).")
 
 # flag name -> config key
 FLAG_KEYS = {
@@ -98,6 +104,10 @@ FLAG_KEYS = {
     "num_classes": "model.num_classes",
     "init_weights": "model.init_weights",
     "skip_corrupt": "data.skip_corrupt",
+    # #22
+    "use_binary_cross_entropy": "train.use_binary_cross_entropy",
+    "reprob": "data.random_erasing_prob",
+    "holdout_fraction": "data.holdout_fraction",
 }
 
 
