@@ -179,8 +179,9 @@ def _folder_root(root, split):
     return path
 
 
-def _folder_listing(root, split):
-    """list_image_folder of a split (a sub-folder name, None, or a HoldoutSplit of either)."""
+def folder_listing(root, split):
+    """(paths, labels, class_names) of a split of image folder ``root``: a sub-folder name, None
+    (the folder itself), or a HoldoutSplit of either."""
     if not isinstance(split, HoldoutSplit):
         return list_image_folder(_folder_root(root, split))
     paths, labels, class_names = list_image_folder(_folder_root(root, split.split))
@@ -213,7 +214,7 @@ def dataset_facts(name_or_builder, split, data_dir=None, download=True) -> Datas
     """Number of examples and classes of a split (a name, or a HoldoutSplit), from TFDS info or
     the folder listing."""
     if is_image_folder(name_or_builder):
-        paths, _, class_names = _folder_listing(name_or_builder, split)
+        paths, _, class_names = folder_listing(name_or_builder, split)
         return DatasetFacts(len(paths), len(class_names), class_names)
     builder = prepared_builder(name_or_builder, data_dir, download)
     _, label_key = _supervised_keys(builder)
@@ -261,7 +262,7 @@ def multi_hot(class_ids, num_classes: int):
 
 
 def _folder_source(root, split, is_training, seed, input_context):
-    paths, labels, _ = _folder_listing(root, split)
+    paths, labels, _ = folder_listing(root, split)
     ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int32)))
     if input_context and input_context.num_input_pipelines > 1:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
