@@ -38,7 +38,7 @@ class RunPlan:
     epoch_steps: float = 1.0  # float examples / batch, as the official schedule uses
     eval_every: int = 0
     stages: List[recipes.Stage] = dataclasses.field(default_factory=list)
-    train_split: object = None  # None: data.train_split
+    train_split: object = None  # what training reads: data.train_split or a holdout's rest
 
     def info(self) -> Dict[str, object]:
         return {
