@@ -75,6 +75,14 @@ def test_folder_holdout_is_per_class_disjoint_and_stable(folder):
     again = folder_part(folder, True)
     assert [p for p in again[0] if "/a/" in p] == [p for p in held[0] if "/a/" in p]
     assert ip.dataset_facts(folder, ip.HoldoutSplit(None, 0.25, True)).num_examples == len(again[0])
+    # A folder without split sub-folders: the plan holds out from the folder itself.
+    cfg = config_lib.apply(config_lib.Config(), {
+        "data.dataset": folder, "data.train_split": None, "data.holdout_fraction": 0.25,
+        "train.batch_size": 4, "train.steps": 1})
+    config_lib.validate(cfg)
+    info = plan_lib.make_plan(cfg, "train").info()
+    assert (info["eval_split"], info["eval_examples"], info["train_examples"]) == (
+        ".[holdout 0.25]", len(again[0]), 22 - len(again[0]))
 
 
 def test_plan_reports_the_holdout(digits_dir):
