@@ -405,6 +405,82 @@ def distort_image(image, augment_name: str, seed, num_layers: int = 2, magnitude
     return Augment(augment_name, num_layers, magnitude).apply(image, seed)
 
 
+# ------------------------------------------------------------------------ random erasing
+
+# timm RandomErasing (timm/data/random_erasing.py) defaults, the same as Model Garden's
+# (official/vision/ops/augment.py RandomErasing): area 2%-1/3 of the image, aspect ratio
+# 0.3-1/0.3 (log-uniform), one rectangle, 10 attempts to fit it.
+ERASE_AREA_RANGE = (0.02, 1.0 / 3.0)
+ERASE_ASPECT_RANGE = (0.3, 1.0 / 0.3)
+ERASE_ATTEMPTS = 10
+
+
+def random_erasing(image, seed, probability: float, fill_mean=(0.5, 0.5, 0.5),
+                   fill_std=(0.5, 0.5, 0.5), area_range=ERASE_AREA_RANGE,
+                   aspect_range=ERASE_ASPECT_RANGE, attempts: int = ERASE_ATTEMPTS):
+    """Random erasing (arXiv:1708.04896) of a float image [H, W, 3].
+
+    With ``probability``, one rectangle of area in ``area_range`` (a fraction of the image) and
+    aspect ratio h/w in ``aspect_range`` is filled with per-pixel noise mean + std * N(0, 1)
+    per channel; sizes round half to even, the first of ``attempts`` draws that fits strictly
+    inside the image is used, none fitting leaves the image unchanged (timm's rules).
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+    apply = tf.random.stateless_uniform([], seeds[0]) < probability
+    area = tf.cast(height * width, tf.float32) * tf.random.stateless_uniform(
+        [attempts], seeds[1], area_range[0], area_range[1])
+    aspect = tf.exp(tf.random.stateless_uniform(
+        [attempts], seeds[2], math.log(aspect_range[0]), math.log(aspect_range[1])))
+    heights = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
+    widths = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+    fits = (heights < height) & (widths < width)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    h, w = heights[first], widths[first]
+    # Top-left corner uniform over every position that keeps the rectangle inside.
+    top = tf.random.stateless_uniform([], seeds[3], 0, tf.maximum(height - h + 1, 1), tf.int32)
+    left = tf.random.stateless_uniform([], seeds[4], 0, tf.maximum(width - w + 1, 1), tf.int32)
+    rows = tf.range(height)[:, None]
+    cols = tf.range(width)[None, :]
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    inside &= apply & tf.reduce_any(fits)
+    noise = (tf.random.stateless_normal(tf.shape(image), seeds[5]) * tf.constant(fill_std)
+             + tf.constant(fill_mean))
+    return tf.where(inside[..., None], noise, image)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomErasing:
+    """Random erasing of [0, 1] train images (timm ``--reprob``; see :func:`random_erasing`).
+
+    probability: per image, in [0, 1].
+    fill_mean, fill_std: the noise per channel on the [0, 1] scale. The model normalizes inside
+      (``(255 x - mean_rgb) / stddev_rgb``), so mean_rgb / 255 and stddev_rgb / 255 give
+      N(0, 1) noise after that normalization: timm's 'pixel' mode, which fills after its
+      Normalize transform (:meth:`for_normalization`).
+    """
+    probability: float = 0.0
+    fill_mean: tuple = (0.5, 0.5, 0.5)
+    fill_std: tuple = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        _check_range("data.random_erasing_prob", self.probability, 0, 1)
+
+    @classmethod
+    def for_normalization(cls, probability: float, mean_rgb, stddev_rgb) -> "RandomErasing":
+        """Noise that is N(0, 1) after the model's normalization by mean_rgb, stddev_rgb (0-255)."""
+        return cls(probability, tuple(float(m) / 255.0 for m in mean_rgb),
+                   tuple(float(s) / 255.0 for s in stddev_rgb))
+
+    def apply(self, image, seed):
+        """The erased float image (unchanged when probability is 0)."""
+        if not self.probability:
+            return image
+        return random_erasing(image, seed, self.probability, self.fill_mean, self.fill_std)
+
+
 # ------------------------------------------------------------------------ batch mixing
 
 

@@ -69,6 +69,9 @@ class DataConfig:
     shuffle_buffer_size: int = 16384
     seed: Optional[int] = None
     deterministic: bool = False
+    # ImageNet-21k style training and the holdout split (#22)
+    random_erasing_prob: float = 0.0  # timm --reprob: erase one random rectangle per image
+    holdout_fraction: Optional[float] = None  # hold out this much of train_split for evaluation
 
 
 @dataclasses.dataclass
@@ -89,6 +92,7 @@ class TrainConfig:
     weight_decay: float = 1e-5  # L2 loss coefficient
     weight_decay_exclude: str = r".*/(gamma|beta|bias)$"  # on '<layer>/<variable>' names
     label_smoothing: float = 0.1
+    use_binary_cross_entropy: bool = False  # sigmoid BCE (multi-label, #22) instead of softmax CE
     moving_average_decay: float = 0.9999  # 0 disables the EMA
     # Progressive learning (EfficientNetV2): 0 = off; else this many stages, each with a
     # larger image size and stronger regularization (train/recipes.py progressive_stages).
@@ -353,6 +357,13 @@ def validate(config: Config) -> None:
     augment.Augment(d.augment_name, d.randaug_num_layers, d.randaug_magnitude, d.mixup_alpha,
                     d.cutmix_alpha, key_prefix="data.")
     _check_range("data.shuffle_buffer_size", d.shuffle_buffer_size, 1)
+    # Random erasing and the holdout split (#22)
+    _check_range("data.random_erasing_prob", d.random_erasing_prob, 0, 1)
+    _check_range("data.holdout_fraction", d.holdout_fraction, 0, 1, True, True)
+    if d.holdout_fraction is not None and d.eval_split is not None:
+        raise ValueError(f"data.holdout_fraction={d.holdout_fraction} and data.eval_split="
+                         f"{d.eval_split!r} exclude each other: the holdout is the eval split "
+                         "(set one of them)")
     _check_range("train.batch_size", t.batch_size, 1)
     _check_range("train.epochs", t.epochs, 0, low_open=True)
     _check_range("train.steps", t.steps, 1)

@@ -4,12 +4,14 @@ of images -> batches of (float32 RGB images in [0, 1], labels) for training or e
 Order: read (encoded bytes; TFDS SkipDecoding so crops happen on the JPEG) -> shard by
 input_context -> cache? -> shuffle + repeat (train) -> per-example stateless seed -> decode
 the crop inside a per-example try -> corrupt check (error naming the example) or skip+count ->
-resize, flip, AutoAugment/RandAugment, one-hot -> batch -> mixup/cutmix (train) -> prefetch.
+resize, flip, AutoAugment/RandAugment, random erasing, one-hot -> batch -> mixup/cutmix
+(train) -> prefetch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 
@@ -30,10 +32,49 @@ class ManualDownloadError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetFacts:
-    """What the trainer needs to know about a split before reading it."""
+    """What the trainer needs to know about a split before reading it.
+
+    multi_label: the label is a sequence of class labels (a TFDS ``Sequence(ClassLabel)``);
+      the pipeline then gives multi-hot float labels [num_classes], in training and evaluation.
+    """
     num_examples: int
     num_classes: int
     class_names: tuple[str, ...] = dataclasses.field(repr=False)
+    multi_label: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class HoldoutSplit:
+    """One part of a split cut in two for evaluation without a validation split (tensorflow/tpu
+    efficientnet ``holdout_shards``, which holds out the first N of ImageNet's 1024 train shards).
+
+    split: the split cut (a TFDS split name, or an image folder's sub-folder; None: the folder).
+    fraction: the share held out, in (0, 1): round(n * fraction) examples.
+    holdout: this part is the held-out one (evaluation), else the rest (training).
+
+    TFDS: the holdout is the split's first round(n * fraction) examples (``train[:k]``, the rest
+    ``train[k:]``). Image folders: per class, the files whose name hashes lowest (SHA-1), so a
+    file's side does not depend on other classes, and adding files moves few.
+    """
+    split: str | None
+    fraction: float
+    holdout: bool
+
+    def __str__(self) -> str:
+        return f"{self.split or '.'}[{'holdout' if self.holdout else 'rest'} {self.fraction:g}]"
+
+
+def holdout_count(num_examples: int, fraction: float) -> int:
+    """round(num_examples * fraction), half up."""
+    return int(math.floor(num_examples * fraction + 0.5))
+
+
+def _check_holdout(split: HoldoutSplit, total: int, held: int):
+    if held == 0 or held == total:
+        raise ValueError(f"data.holdout_fraction={split.fraction:g} of the {total} examples of "
+                         f"split {split.split!r} holds out {held}: nothing would be "
+                         f"{'evaluated' if held == 0 else 'trained'}; choose a fraction in "
+                         f"(0, 1) that leaves both parts non-empty")
 
 
 class CorruptCounter:
@@ -89,9 +130,20 @@ def _supervised_keys(builder):
     if image_key not in features or not isinstance(features[image_key], tfds.features.Image):
         raise ValueError(f"Dataset {builder.name!r} has no encoded image feature {image_key!r}; "
                          f"features: {list(features.keys())}.")
-    if not isinstance(features[label_key], tfds.features.ClassLabel):
-        raise ValueError(f"Dataset {builder.name!r} label {label_key!r} is not a ClassLabel.")
+    _label_feature(builder, label_key)
     return image_key, label_key
+
+
+def _label_feature(builder, label_key):
+    """(ClassLabel, multi_label) of a ClassLabel or Sequence(ClassLabel) label feature."""
+    feature = builder.info.features[label_key]
+    if isinstance(feature, tfds.features.ClassLabel):
+        return feature, False
+    if (isinstance(feature, tfds.features.Sequence)
+            and isinstance(feature.feature, tfds.features.ClassLabel)):
+        return feature.feature, True
+    raise ValueError(f"Dataset {builder.name!r} label {label_key!r} is not a ClassLabel or a "
+                     f"Sequence(ClassLabel) (multi-label); it is {type(feature).__name__}.")
 
 
 def list_image_folder(root):
@@ -127,16 +179,48 @@ def _folder_root(root, split):
     return path
 
 
+def folder_listing(root, split):
+    """(paths, labels, class_names) of a split of image folder ``root``: a sub-folder name, None
+    (the folder itself), or a HoldoutSplit of either."""
+    if not isinstance(split, HoldoutSplit):
+        return list_image_folder(_folder_root(root, split))
+    paths, labels, class_names = list_image_folder(_folder_root(root, split.split))
+    by_class = {}
+    for path, label in zip(paths, labels):
+        by_class.setdefault(label, []).append(path)
+    kept, held = [], []
+    for label, files in sorted(by_class.items()):
+        files = sorted(files, key=lambda p: hashlib.sha1(
+            os.path.basename(p).encode("utf-8")).hexdigest())
+        k = holdout_count(len(files), split.fraction)
+        held += [(path, label) for path in sorted(files[:k])]
+        kept += [(path, label) for path in sorted(files[k:])]
+    _check_holdout(split, len(paths), len(held))
+    part = held if split.holdout else kept
+    return [p for p, _ in part], [label for _, label in part], class_names
+
+
+def tfds_split(builder, split) -> str:
+    """The TFDS split string of ``split`` (a HoldoutSplit becomes ``name[:k]`` / ``name[k:]``)."""
+    if not isinstance(split, HoldoutSplit):
+        return split
+    total = builder.info.splits[split.split].num_examples
+    held = holdout_count(total, split.fraction)
+    _check_holdout(split, total, held)
+    return f"{split.split}[:{held}]" if split.holdout else f"{split.split}[{held}:]"
+
+
 def dataset_facts(name_or_builder, split, data_dir=None, download=True) -> DatasetFacts:
-    """Number of examples and classes of a split, from TFDS info or the folder listing."""
+    """Number of examples and classes of a split (a name, or a HoldoutSplit), from TFDS info or
+    the folder listing."""
     if is_image_folder(name_or_builder):
-        paths, _, class_names = list_image_folder(_folder_root(name_or_builder, split))
+        paths, _, class_names = folder_listing(name_or_builder, split)
         return DatasetFacts(len(paths), len(class_names), class_names)
     builder = prepared_builder(name_or_builder, data_dir, download)
     _, label_key = _supervised_keys(builder)
-    label = builder.info.features[label_key]
-    return DatasetFacts(builder.info.splits[split].num_examples, label.num_classes,
-                        tuple(label.names))
+    label, multi_label = _label_feature(builder, label_key)
+    return DatasetFacts(builder.info.splits[tfds_split(builder, split)].num_examples,
+                        label.num_classes, tuple(label.names), multi_label)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
@@ -146,8 +230,10 @@ def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = T
     return math.ceil(num_examples / batch_size)
 
 
-def _tfds_source(builder, split, is_training, seed, input_context, options):
+def _tfds_source(builder, split, is_training, seed, input_context, options, num_classes=None):
     image_key, label_key = _supervised_keys(builder)
+    label_feature, multi_label = _label_feature(builder, label_key)
+    split = tfds_split(builder, split)
     read_config = tfds.ReadConfig(options=options, try_autocache=False, add_tfds_id=True,
                                   shuffle_seed=seed)
     shard_examples = False
@@ -161,12 +247,22 @@ def _tfds_source(builder, split, is_training, seed, input_context, options):
                             decoders={image_key: tfds.decode.SkipDecoding()})
     if shard_examples:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if multi_label:  # a sequence of class ids -> multi-hot float [classes]
+        depth = num_classes or label_feature.num_classes
+        return ds.map(lambda ex: {"image": ex[image_key], "label": multi_hot(ex[label_key], depth),
+                                  "id": ex["tfds_id"]})
     return ds.map(lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int32),
                               "id": ex["tfds_id"]})
 
 
+def multi_hot(class_ids, num_classes: int):
+    """Float32 [num_classes]: 1 at each of ``class_ids`` (any length, repeats allowed)."""
+    hot = tf.one_hot(tf.cast(class_ids, tf.int32), num_classes, dtype=tf.float32)
+    return tf.minimum(tf.reduce_sum(hot, axis=0), 1.0)
+
+
 def _folder_source(root, split, is_training, seed, input_context):
-    paths, labels, _ = list_image_folder(_folder_root(root, split))
+    paths, labels, _ = folder_listing(root, split)
     ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int32)))
     if input_context and input_context.num_input_pipelines > 1:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -191,9 +287,13 @@ class PipelineSpec:
 
     dataset: a TFDS name ('imagenet2012', 'sklearn_digits', ...), a tfds builder, or a folder
       root/<class>/<image> (split: a sub-folder of it, or None for the folder itself).
+    split: also a HoldoutSplit (one part of a split; data.holdout_fraction).
     batch_size: global batch; with an input_context each pipeline batches its per-replica share.
     num_classes: labels are one-hot float32 [B, num_classes] when given, else int32 [B];
-      mixup/cutmix need it.
+      mixup/cutmix need it. Multi-label datasets (DatasetFacts.multi_label) always give
+      multi-hot float32 [B, num_classes or the dataset's classes].
+    random_erasing: erases a rectangle of train images after the per-image augmentation
+      (train.augment.RandomErasing; None: off).
     deterministic: fixed element order and seed (seed defaults to 0) for tests/debugging.
     skip_corrupt: drop undecodable examples, counting them in the corrupt_counter (and logging
       each id); otherwise such an example raises InvalidArgumentError naming it.
@@ -206,7 +306,7 @@ class PipelineSpec:
     download: prepare a TFDS dataset that is not prepared yet.
     """
     dataset: object
-    split: str | None
+    split: str | HoldoutSplit | None
     data_dir: str | None = None
     is_training: bool = False
     image_size: int = 224
@@ -226,6 +326,7 @@ class PipelineSpec:
     download: bool = True
     area_range: tuple[float, float] = preprocessing.TRAIN_AREA_RANGE
     random_flip: bool = True
+    random_erasing: augment.RandomErasing | None = None
 
     def __post_init__(self):
         if not isinstance(self.augmentation, augment.Augment):
@@ -261,7 +362,8 @@ def build_dataset(spec: PipelineSpec, *, corrupt_counter: CorruptCounter | None 
         ds = _folder_source(spec.dataset, spec.split, spec.is_training, seed, input_context)
     else:
         builder = prepared_builder(spec.dataset, spec.data_dir, spec.download)
-        ds = _tfds_source(builder, spec.split, spec.is_training, seed, input_context, options)
+        ds = _tfds_source(builder, spec.split, spec.is_training, seed, input_context, options,
+                          spec.num_classes)
     if spec.cache:
         ds = ds.cache()
     if spec.is_training:
@@ -338,11 +440,11 @@ def _finish(example, spec: PipelineSpec):
     if spec.is_training:
         image = preprocessing.finish_for_train(
             example["image"], spec.image_size, finish_seed, spec.resize_method, spec.crop_rule,
-            spec.augmentation, spec.random_flip)
+            spec.augmentation, spec.random_flip, spec.random_erasing)
     else:
         image = preprocessing.finish_for_eval(example["image"], spec.image_size,
                                               spec.resize_method, spec.crop_rule)
     label = example["label"]
-    if spec.num_classes:
+    if spec.num_classes and label.shape.rank == 0:  # multi-label data is multi-hot already
         label = tf.one_hot(label, spec.num_classes, dtype=tf.float32)
     return image, label

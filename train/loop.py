@@ -73,7 +73,8 @@ def run(cfg: config_lib.Config, *, mode: str, model_dir: str, tpu: Optional[str]
             strategy, state, num_classes=plan.num_classes, jit=devices["jit_compile"],
             dataset_fn=lambda: strategy.distribute_datasets_from_function(
                 lambda ctx: input_pipeline.build_dataset(plan_lib.eval_spec(cfg, plan),
-                                                         input_context=ctx)))
+                                                         input_context=ctx)),
+            loss=plan_lib.loss(cfg, plan))  # softmax or binary cross-entropy (#22)
         reporter = Reporter(store, cfg.runtime.progress_bar)
         if mode == "eval":
             results = evaluator.evaluate()
@@ -128,7 +129,8 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
         train_steps = steps_lib.TrainSteps(strategy, state,
                                            label_smoothing=cfg.train.label_smoothing,
                                            weight_decay=cfg.train.weight_decay, jit=jit,
-                                           stop=stop.in_loop)
+                                           stop=stop.in_loop,
+                                           loss=plan_lib.loss(cfg, plan))  # #22
         while step < total_steps:
             current = recipes.stage_at(plan.stages, step)
             if current != stage:

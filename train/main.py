@@ -82,6 +82,12 @@ flags.DEFINE_float("grad_clip_norm", None, "Clip the gradients of the global bat
                    "global norm (0: off).")
 flags.DEFINE_float("layer_decay", None, "Layer-wise learning-rate decay: the classifier x1, "
                    "each group toward the stem x this once more (timm --layer-decay; off by default).")
+# ImageNet-21k style training and the holdout split (#22)
+flags.DEFINE_boolean("use_binary_cross_entropy", None, "Sigmoid binary cross-entropy instead of "
+                     "softmax cross-entropy (multi-label data; Model Garden's name).")
+flags.DEFINE_float("reprob", None, "Random erasing probability per train image (timm's name; 0: off).")
+flags.DEFINE_float("holdout_fraction", None, "Hold out this fraction of the train split and "
+                   "evaluate on it (for datasets without a validation split).")
 
 # flag name -> config key
 FLAG_KEYS = {
@@ -112,6 +118,10 @@ FLAG_KEYS = {
     "optimizer_weight_decay": "train.optimizer_weight_decay",
     "grad_clip_norm": "train.grad_clip_norm",
     "layer_decay": "train.layer_decay",
+    # #22
+    "use_binary_cross_entropy": "train.use_binary_cross_entropy",
+    "reprob": "data.random_erasing_prob",
+    "holdout_fraction": "data.holdout_fraction",
 }
 
 

@@ -13,14 +13,19 @@ import efficientnet_tf
 from train import augment
 from train import config as config_lib
 from train import input_pipeline
+from train import losses
 from train import preprocessing
 from train import recipes
 
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
-    """The facts of one run (written to run_info.json with the strategy's)."""
-    eval_split: str
+    """The facts of one run (written to run_info.json with the strategy's).
+
+    eval_split / train_split: split names, or input_pipeline.HoldoutSplit parts of the train
+    split (data.holdout_fraction).
+    """
+    eval_split: object
     eval_facts: input_pipeline.DatasetFacts
     train_facts: Optional[input_pipeline.DatasetFacts]
     num_classes: int
@@ -33,27 +38,39 @@ class RunPlan:
     epoch_steps: float = 1.0  # float examples / batch, as the official schedule uses
     eval_every: int = 0
     stages: List[recipes.Stage] = dataclasses.field(default_factory=list)
+    train_split: object = None  # what training reads: data.train_split or a holdout's rest
 
     def info(self) -> Dict[str, object]:
         return {
             "num_classes": self.num_classes, "class_names": list(self.eval_facts.class_names),
             "train_image_size": self.train_size, "eval_image_size": self.eval_size,
-            "eval_split": self.eval_split, "resize_method": self.resize_method,
+            "eval_split": _split_name(self.eval_split), "resize_method": self.resize_method,
             "crop_rule": dataclasses.asdict(self.crop_rule), "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
             "train_examples": self.train_facts.num_examples if self.train_facts else None,
             "eval_examples": self.eval_facts.num_examples,
             "stages": [dataclasses.asdict(s) for s in self.stages],
+            # #22: the split trained on (a holdout's rest), multi-hot labels
+            "train_split": _split_name(self.train_split) if self.train_facts else None,
+            "multi_label": self.eval_facts.multi_label,
         }
+
+
+def _split_name(split) -> Optional[str]:
+    return None if split is None else str(split)
 
 
 def make_plan(cfg: config_lib.Config, mode: str) -> RunPlan:
     """The RunPlan of ``cfg`` in ``mode`` (reads split sizes; the datasets must be prepared)."""
     data, train_cfg = cfg.data, cfg.train
     info = efficientnet_tf.model_info(cfg.model.name)
-    eval_split = data.eval_split or default_eval_split(data)
+    train_split, eval_split = data.train_split, data.eval_split
+    if data.holdout_fraction is not None:  # evaluate on a part of the train split (#22)
+        train_split = input_pipeline.HoldoutSplit(data.train_split, data.holdout_fraction, False)
+        eval_split = input_pipeline.HoldoutSplit(data.train_split, data.holdout_fraction, True)
+    eval_split = eval_split or default_eval_split(data)
     eval_facts = input_pipeline.dataset_facts(data.dataset, eval_split, data.data_dir)
-    train_facts = (input_pipeline.dataset_facts(data.dataset, data.train_split, data.data_dir)
+    train_facts = (input_pipeline.dataset_facts(data.dataset, train_split, data.data_dir)
                    if mode != "eval" else None)
     data_classes = (train_facts or eval_facts).num_classes
     num_classes = cfg.model.num_classes or data_classes
@@ -64,13 +81,13 @@ def make_plan(cfg: config_lib.Config, mode: str) -> RunPlan:
                    train_size=data.image_size or info["resolution"],
                    eval_size=data.eval_image_size or info["resolution"],
                    resize_method=data.resize_method or info["resize_method"],
-                   crop_rule=crop_rule(cfg))
+                   crop_rule=crop_rule(cfg), train_split=train_split)
     if train_facts is None:
         return plan
     batch = train_cfg.batch_size
     if train_facts.num_examples < batch:
         raise ValueError(f"train.batch_size={batch} exceeds the {train_facts.num_examples} "
-                         f"examples of split {data.train_split!r}")
+                         f"examples of split {_split_name(train_split)!r}")
     epoch_steps = train_facts.num_examples / batch  # float, like the official schedule
     total_steps = train_cfg.steps or max(1, int(train_cfg.epochs * epoch_steps))
     return dataclasses.replace(
@@ -87,14 +104,17 @@ def eval_spec(cfg: config_lib.Config, plan: RunPlan) -> input_pipeline.PipelineS
         data.dataset, plan.eval_split, data.data_dir, is_training=False,
         image_size=plan.eval_size, batch_size=cfg.eval.batch_size,
         resize_method=plan.resize_method, crop_rule=plan.crop_rule, cache=data.cache,
-        deterministic=data.deterministic, skip_corrupt=data.skip_corrupt, download=False)
+        deterministic=data.deterministic, skip_corrupt=data.skip_corrupt, download=False,
+        # multi-hot labels as wide as the model's output (single-label: int ids)
+        num_classes=plan.num_classes if plan.eval_facts.multi_label else None)
 
 
 def train_spec(cfg: config_lib.Config, plan: RunPlan, stage: recipes.Stage,
                seed: Optional[int]) -> input_pipeline.PipelineSpec:
     data = cfg.data
+    info = efficientnet_tf.model_info(cfg.model.name)
     return input_pipeline.PipelineSpec(
-        data.dataset, data.train_split, data.data_dir, is_training=True,
+        data.dataset, plan.train_split, data.data_dir, is_training=True,
         image_size=stage.image_size, batch_size=cfg.train.batch_size,
         resize_method=plan.resize_method, crop_rule=plan.crop_rule,
         augmentation=augment.Augment(data.augment_name, data.randaug_num_layers,
@@ -104,7 +124,17 @@ def train_spec(cfg: config_lib.Config, plan: RunPlan, stage: recipes.Stage,
         deterministic=data.deterministic, seed=seed, skip_corrupt=data.skip_corrupt,
         shuffle_buffer_size=data.shuffle_buffer_size, download=False,
         area_range=(data.crop_min_area, preprocessing.TRAIN_AREA_RANGE[1]),
-        random_flip=data.random_flip)
+        random_flip=data.random_flip,
+        # Noise that is N(0, 1) after the model's own normalization (timm's 'pixel' fill).
+        random_erasing=augment.RandomErasing.for_normalization(
+            data.random_erasing_prob, info["mean_rgb"], info["stddev_rgb"]))
+
+
+def loss(cfg: config_lib.Config, plan: RunPlan) -> losses.Loss:
+    """The run's loss: softmax or binary cross-entropy, multi-label when the data is."""
+    return losses.Loss(binary=cfg.train.use_binary_cross_entropy,
+                       label_smoothing=cfg.train.label_smoothing,
+                       multi_label=plan.eval_facts.multi_label)
 
 
 def default_eval_split(data: config_lib.DataConfig) -> str:

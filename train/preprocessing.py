@@ -139,10 +139,12 @@ def decode_for_train(image_bytes, image_size: int, seed, rule: CropRule | str = 
 
 def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic",
                      rule: CropRule | str = "v1", augmentation: augment.Augment | None = None,
-                     random_flip: bool = True):
-    """Resize, random flip, the per-image augmentation of ``augmentation`` -> [0, 1] float32.
+                     random_flip: bool = True, erasing: augment.RandomErasing | None = None):
+    """Resize, random flip, the per-image augmentation of ``augmentation`` -> [0, 1] float32,
+    then random ``erasing`` (whose noise may leave [0, 1]).
 
-    The order (crop, resize, flip, augment on uint8) is the official one.
+    The order (crop, resize, flip, augment on uint8) is the official one; random erasing comes
+    last, as in timm and Model Garden (after normalization there, on the model input here).
     """
     check_resize_method(resize_method)
     flip_seed, aug_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -153,19 +155,24 @@ def finish_for_train(image, image_size: int, seed, resize_method: str = "bicubic
     if augmentation is not None and augmentation.name is not None:
         image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
         image = tf.cast(augmentation.apply(image, aug_seed), tf.float32)
-    return eval_lib.to_unit_range(image)
+    image = eval_lib.to_unit_range(image)
+    if erasing is not None and erasing.probability:
+        # A seed of its own, folded in so the flip and augmentation seeds stay what they were.
+        image = erasing.apply(image, tf.random.experimental.stateless_fold_in(seed, 1))
+    return image
 
 
 def preprocess_for_train(image_bytes, image_size: int, seed, resize_method: str = "bicubic",
                          rule: CropRule | str = "v1", augmentation: augment.Augment | None = None,
-                         random_flip: bool = True, **crop_kwargs):
+                         random_flip: bool = True, erasing: augment.RandomErasing | None = None,
+                         **crop_kwargs):
     """decode_for_train then finish_for_train (crop_kwargs: area_range, aspect_ratio_range,
     max_attempts, min_object_covered)."""
     check_resize_method(resize_method)
     crop_seed, finish_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = decode_for_train(image_bytes, image_size, crop_seed, rule, **crop_kwargs)
     return finish_for_train(image, image_size, finish_seed, resize_method, rule, augmentation,
-                            random_flip)
+                            random_flip, erasing)
 
 
 def decode_for_eval(image_bytes, image_size: int, rule: CropRule | str = "v1"):

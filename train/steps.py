@@ -4,7 +4,8 @@ Official loss (tensorflow/tpu efficientnet/main.py, automl efficientnetv2/main.p
 cross-entropy with label smoothing + weight_decay * sum(l2_loss(w)) over the trainable weights
 not matching ``train.weight_decay_exclude``. An explicit L2 term, as the official code does,
 rather than Keras' decoupled ``weight_decay`` (which for RMSProp with momentum is a different
-regularizer; the 1e-5 coefficient was tuned for the L2 term).
+regularizer; the 1e-5 coefficient was tuned for the L2 term). The cross-entropy (softmax, or
+sigmoid binary cross-entropy) is train/losses.py's.
 
 With ``jit_compile`` the train and eval steps are XLA programs with static shapes, what
 TPUStrategy compiles (tests/test_train_steps.py runs them in bfloat16 on CPU).
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Optional
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf import console
+from train import losses
 from train.state import TrainState
 
 
@@ -29,9 +30,10 @@ class TrainSteps:
 
     def __init__(self, strategy: tf.distribute.Strategy, state: TrainState, *,
                  label_smoothing: float, weight_decay: float, jit: Optional[bool],
-                 stop: Optional[tf.Variable] = None):
+                 stop: Optional[tf.Variable] = None, loss: Optional[losses.Loss] = None):
         self.strategy, self.state = strategy, state
         self.label_smoothing, self.weight_decay = label_smoothing, weight_decay
+        self.loss = loss or losses.Loss(label_smoothing=label_smoothing)  # train/losses.py (#22)
         self.stop = stop
         self.step = tf.function(self._step, jit_compile=jit)
         self.loop = tf.function(self._loop)
@@ -41,8 +43,7 @@ class TrainSteps:
         model, optimizer, trainable = state.model, state.optimizer, state.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = keras.losses.categorical_crossentropy(
-                labels, logits, from_logits=True, label_smoothing=self.label_smoothing)
+            per_example = self.loss.train(labels, logits)
             loss = tf.nn.compute_average_loss(per_example)  # / global batch
             if self.weight_decay and state.decayed:
                 l2 = self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in state.decayed])
@@ -52,7 +53,7 @@ class TrainSteps:
         optimizer.apply_gradients(zip(grads, trainable))
         if state.ema is not None:
             state.ema.apply(state.ema_vars)
-        correct = tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1))
+        correct = self.loss.train_correct(labels, logits)
         return tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(tf.cast(correct, tf.float32)),
                          tf.cast(tf.shape(logits)[0], tf.float32)])
 
@@ -77,17 +78,16 @@ class Evaluator:
     """Top-1, top-5 and loss of the (EMA) weights over one pass of an eval dataset."""
 
     def __init__(self, strategy: tf.distribute.Strategy, state: TrainState, *,
-                 num_classes: int, jit: Optional[bool], dataset_fn: Callable[[], object]):
+                 num_classes: int, jit: Optional[bool], dataset_fn: Callable[[], object],
+                 loss: Optional[losses.Loss] = None):
         self.strategy, self.state, self.num_classes = strategy, state, num_classes
+        self.loss = loss or losses.Loss()
         self.dataset = dataset_fn()
         self.step = tf.function(self._step, jit_compile=jit)
 
     def _replica(self, images, labels):
         logits = tf.cast(self.state.model(images, training=False), tf.float32)
-        labels = tf.cast(labels, tf.int32)
-        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        top1 = tf.math.in_top_k(labels, logits, 1)
-        top5 = tf.math.in_top_k(labels, logits, min(5, self.num_classes))
+        loss, top1, top5 = self.loss.evaluate(labels, logits, min(5, self.num_classes))
         return tf.stack([tf.reduce_sum(loss), tf.reduce_sum(tf.cast(top1, tf.float32)),
                          tf.reduce_sum(tf.cast(top5, tf.float32)),
                          tf.cast(tf.shape(labels)[0], tf.float32)])
