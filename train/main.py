@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 import export  # noqa: E402
 from efficientnet_tf import console  # noqa: E402
 from train import augment, checkpoints, distribute, input_pipeline, lock, loop, recipes  # noqa: E402
+from train import fine_tune, recovery  # noqa: E402
 from train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -72,6 +73,20 @@ flags.DEFINE_string("init_weights", None, "Initial weights: a weights tag (image
                     "anything efficientnet_tf.load_weights accepts, or a model_dir of this trainer; the "
                     "classifier is dropped when the number of classes differs.")
 flags.DEFINE_boolean("skip_corrupt", None, "Skip (and count) undecodable images instead of failing.")
+# --- #22: fine-tuning controls and recovery (TF Model Garden's names)
+flags.DEFINE_string("init_checkpoint_modules", None, "What --init_weights initialises: "
+                    + " or ".join(fine_tune.INIT_MODULES) + " (every layer but the classifier, "
+                    "which keeps its fresh initialisation). Default all.")
+flags.DEFINE_integer("freeze_backbone_steps", None, "Freeze the backbone (every layer but the "
+                     "classifier, batch norm in inference mode) for the first N steps; -1: the "
+                     "whole run; 0: off (default).")
+flags.DEFINE_float("loss_upper_bound", None, "A mean train loss above this is divergence "
+                   "(default 1e6).")
+flags.DEFINE_integer("recovery_begin_steps", None, "Apply --loss_upper_bound from this step on "
+                     "(default 0; a non-finite loss always counts).")
+flags.DEFINE_integer("recovery_max_trials", None, "On divergence restore the last good checkpoint "
+                     "up to N times, then stop with an error; 0 (default): stop at once; -1: no "
+                     "checks.")
 
 # flag name -> config key
 FLAG_KEYS = {
@@ -98,6 +113,12 @@ FLAG_KEYS = {
     "num_classes": "model.num_classes",
     "init_weights": "model.init_weights",
     "skip_corrupt": "data.skip_corrupt",
+    # #22
+    "init_checkpoint_modules": "model.init_checkpoint_modules",
+    "freeze_backbone_steps": "train.freeze_backbone_steps",
+    "loss_upper_bound": "runtime.loss_upper_bound",
+    "recovery_begin_steps": "runtime.recovery_begin_steps",
+    "recovery_max_trials": "runtime.recovery_max_trials",
 }
 
 
@@ -218,6 +239,9 @@ def main(argv):
         return 2
     except (checkpoints.CheckpointWriteError, checkpoints.NoReadableCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)  # disk full, I/O error, every checkpoint damaged
+        return 1
+    except recovery.TrainingDivergedError as err:  # #22: no recovery trial left
+        print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
 
