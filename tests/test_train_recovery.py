@@ -61,25 +61,24 @@ def test_a_nan_batch_is_recovered_from_and_the_run_finishes(digits_dir, tmp_path
 
 @pytest.mark.integration
 def test_a_permanent_nan_stops_after_the_trials_and_keeps_the_checkpoints(digits_dir, tmp_path):
-    """Every batch from 5 on is NaN: two recoveries to ckpt-4, then exit 1 with the error naming
+    """Every batch from 5 on is NaN: one recovery to ckpt-4, then exit 1 with the error naming
     the step and the loss; ckpt-0 and ckpt-4 (and the input position of ckpt-4) are intact,
     readable and finite, nothing later was written."""
     model_dir = str(tmp_path / "run")
     proc = run_planted("5-", f"--model_dir={model_dir}", f"--data_dir={digits_dir}",
-                       "--train_steps=40", "--recovery_max_trials=2")
+                       "--train_steps=40", "--recovery_max_trials=1", "--mode=train")
     assert proc.returncode == 1, proc.stderr[-3000:]
     ckpt4 = os.path.join(model_dir, "ckpt-4")
-    assert proc.stdout.count("Training diverged at step 8 (loss nan") == 2
-    assert "recovery 2/2" in proc.stdout
+    assert proc.stdout.count("Training diverged at step 8 (loss nan") == 1
+    assert "recovery 1/1" in proc.stdout
     assert (f"error: Training diverged at step 8 (loss nan; the mean over steps 5-8); "
-            f"runtime.recovery_max_trials=2 recoveries used. Nothing was saved from the diverged "
+            f"runtime.recovery_max_trials=1 recoveries used. Nothing was saved from the diverged "
             f"state: the last good checkpoint is {ckpt4}.") in proc.stderr
     assert "Traceback" not in proc.stderr
     assert checkpoint_steps(model_dir) == [0, 4]
     for step in (0, 4):
         assert_finite(os.path.join(model_dir, f"ckpt-{step}"))
     assert os.path.exists(os.path.join(model_dir, "input", "ckpt-4.index"))
-    assert not os.path.exists(os.path.join(model_dir, "eval_results.json"))
     assert not os.path.exists(os.path.join(model_dir, "lock.json"))  # released
 
 
@@ -113,8 +112,10 @@ def test_guard_decisions_follow_model_gardens_rules(tmp_path):
     assert guard(loss_scaled=True).problem(float("inf"), 10) is None
     bad = guard(loss_scaled=True)
     bad.state.model.weights[0].assign([1.0, float("nan")])
-    assert bad.problem(float("inf"), 10) == "loss inf"
-    assert bad.problem(2.5, 10) == "loss 2.5 but non-finite weights"
+    assert bad.problem(float("inf"), 10) == "loss inf, non-finite weights"
+    assert bad.problem(2.5, 10) is None  # the loss is fine: the weights are checked before saves
+    assert bad.state_problem(2.5) == "loss 2.5, non-finite weights"
+    assert guard().state_problem(2.5) is None
     with pytest.raises(recovery.TrainingDivergedError, match="at step 8 \\(loss nan; the mean "
                        "over steps 5-8\\); runtime.recovery_max_trials=0 recoveries used"):
         bad.recover("loss nan", 4, 8)

@@ -169,7 +169,14 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
             # Checked per loop (the mean loss of its steps), before anything is evaluated or
             # saved: a diverged state is replaced by the last good checkpoint, or the run stops.
             # The iterator is not rewound: training goes on with the batches after the bad loop.
+            evaluate = mode == "train_and_eval" and step > previous and (
+                step // eval_every > previous // eval_every or step == total_steps)
+            save = (evaluate or step == total_steps or step == stage.end_step
+                    or step - last_save_step >= every_steps
+                    or (every_secs and time.time() - last_save_time >= every_secs))
             problem = guard.problem(loss, step)
+            if problem is None and (save or stop.requested()):  # the weights, before they are kept
+                problem = guard.state_problem(loss)
             if problem is not None:
                 step = last_save_step = guard.recover(problem, previous, step)
             if stop.requested():  # an evaluation due now is skipped: the grace period is short
@@ -180,18 +187,14 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
                 return {"step": step, "preempted": True, "checkpoint": path}
             if problem is not None:
                 continue
-            evaluated = better = False
-            if mode == "train_and_eval" and step > previous and (
-                    step // eval_every > previous // eval_every or step == total_steps):
+            better = False
+            if evaluate:
                 results = evaluator.evaluate()
                 reporter.eval(results)
-                evaluated = True
                 if results["top_1_accuracy"] > float(state.best_top1.numpy()):
                     state.best_top1.assign(results["top_1_accuracy"])
                     better = True
-            if (evaluated or step == total_steps or step == stage.end_step
-                    or step - last_save_step >= every_steps
-                    or (every_secs and time.time() - last_save_time >= every_secs)):
+            if save:
                 store.save(step, inputs.saved(iterator))
                 last_save_step, last_save_time = step, time.time()
             if better:  # after the run's own checkpoint, which a rerun needs first

@@ -69,22 +69,28 @@ class LossGuard:
         return bool(self._finite().numpy())
 
     def problem(self, loss: Optional[float], step: int) -> Optional[str]:
-        """Why the loop that ended at ``step`` with mean ``loss`` diverged, or None."""
+        """Why the loop that ended at ``step`` with mean ``loss`` (None: no step counted)
+        diverged, judged by the loss; None when it did not."""
         if not self.enabled:
             return None
         if loss is not None and math.isfinite(loss):
             if step >= self.begin_steps and loss > self.loss_upper_bound:
                 return f"loss {loss:.6g} above runtime.loss_upper_bound={self.loss_upper_bound:g}"
-            if self.state_is_finite():
-                return None
-            return f"loss {loss:.6g} but non-finite weights"
-        if loss is not None and self.loss_scaled and self.state_is_finite():
-            logging.warning("Non-finite loss %s before step %d: float16 loss scaling skipped "
-                            "those steps; the weights are finite.", loss, step)
             return None
-        if loss is None:  # no step counted (all skipped by loss scaling)
-            return None if self.state_is_finite() else "non-finite weights"
+        if self.loss_scaled or loss is None:
+            if self.state_is_finite():  # float16 loss scaling skipped those steps
+                logging.warning("Non-finite loss %s before step %d: float16 loss scaling "
+                                "skipped those steps; the weights are finite.", loss, step)
+                return None
+            return f"loss {loss}, non-finite weights"
         return f"loss {loss}"
+
+    def state_problem(self, loss: Optional[float]) -> Optional[str]:
+        """Non-finite weights, optimizer slots or EMA behind a finite loss (a reduction over
+        every variable: run before a checkpoint or an evaluation, not every loop)."""
+        if not self.enabled or self.state_is_finite():
+            return None
+        return f"loss {loss:.6g}, non-finite weights" if loss is not None else "non-finite weights"
 
     def recover(self, problem: str, first: int, step: int) -> int:
         """Restores the newest checkpoint after the loop ``first``..``step`` diverged; returns
