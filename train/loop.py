@@ -134,15 +134,14 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
         max_trials=runtime.recovery_max_trials, begin_steps=runtime.recovery_begin_steps,
         loss_scaled=isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer))
     freeze = fine_tune.BackboneFreeze(state.model, cfg.train.freeze_backbone_steps)
-    train_steps = None
+    compiled = {}  # frozen or not -> its train steps (each traced over its trainable variables)
     with preemption.StopRequest(strategy, distribute.is_multi_worker()) as stop:
         while step < total_steps:
-            changed = freeze.apply(step)
-            if changed or train_steps is None:
-                # A new compiled step: the old one captured the trainable variables it traced.
-                train_steps = _train_steps(cfg, strategy, state, jit, stop)
-            if changed:
+            if freeze.apply(step):
                 _print_freeze(freeze, step)
+            if freeze.frozen not in compiled:
+                compiled[freeze.frozen] = _train_steps(cfg, strategy, state, jit, stop)
+            train_steps = compiled[freeze.frozen]
             current = recipes.stage_at(plan.stages, step)
             if current != stage:
                 stage, iterator = current, inputs.iterator(current, step)
