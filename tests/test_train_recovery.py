@@ -71,9 +71,9 @@ def test_a_permanent_nan_stops_after_the_trials_and_keeps_the_checkpoints(digits
     ckpt4 = os.path.join(model_dir, "ckpt-4")
     assert proc.stdout.count("Training diverged at step 8 (loss nan") == 1
     assert "recovery 1/1" in proc.stdout
-    assert (f"error: Training diverged at step 8 (loss nan; the mean over steps 5-8); "
-            f"runtime.recovery_max_trials=1 recoveries used. Nothing was saved from the diverged "
-            f"state: the last good checkpoint is {ckpt4}.") in proc.stderr
+    assert (f"error: Training diverged at step 8 (loss nan; the mean over steps 5-8) with no "
+            f"recovery left (runtime.recovery_max_trials=1, 1 used). Nothing was saved from the "
+            f"diverged state: the last good checkpoint is {ckpt4}.") in proc.stderr
     assert "Traceback" not in proc.stderr
     assert checkpoint_steps(model_dir) == [0, 4]
     for step in (0, 4):
@@ -117,5 +117,6 @@ def test_guard_decisions_follow_model_gardens_rules(tmp_path):
     assert bad.state_problem(2.5) == "loss 2.5, non-finite weights"
     assert guard().state_problem(2.5) is None
     with pytest.raises(recovery.TrainingDivergedError, match="at step 8 \\(loss nan; the mean "
-                       "over steps 5-8\\); runtime.recovery_max_trials=0 recoveries used"):
+                       "over steps 5-8\\) with no recovery left \\(runtime.recovery_max_trials=0, "
+                       "0 used\\)"):
         bad.recover("loss nan", 4, 8)

@@ -101,8 +101,9 @@ class LossGuard:
         if self.trials > self.max_trials:
             kept = self.store.latest()
             raise TrainingDivergedError(
-                f"Training diverged {where}; runtime.recovery_max_trials={self.max_trials} "
-                f"recoveries used. Nothing was saved from the diverged state: the last good "
+                f"Training diverged {where} with no recovery left (runtime.recovery_max_trials="
+                f"{self.max_trials}, {self.trials - 1} used). Nothing was saved from the diverged "
+                f"state: the last good "
                 f"checkpoint is {kept or '(none)'}. Lower the learning rate, check the data, or "
                 "raise --recovery_max_trials.")
         path = self.store.restore()
