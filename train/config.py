@@ -24,6 +24,7 @@ import efficientnet_tf
 from efficientnet_tf.preprocessing import RESIZE_METHODS
 from train import augment
 from train.distribute import PRECISIONS
+from train import fine_tune  # INIT_MODULES (a module: fine_tune imports this one)
 from train.preprocessing import CROP_RULES
 from train.schedules import DECAY_TYPES
 from train import optimizers
@@ -44,6 +45,7 @@ class ModelConfig:
     freeze_bn: bool = False  # BN in inference mode, gamma/beta fixed (fine-tuning on small data)
     fused_bn: bool = True  # train with TF's fused BN kernel (efficientnet_tf.fast): faster steps
     init_weights: Optional[str] = None  # anything efficientnet_tf.load_weights accepts
+    init_checkpoint_modules: str = "all"  # #22: 'backbone': the classifier keeps its fresh init
 
 
 @dataclasses.dataclass
@@ -111,6 +113,8 @@ class TrainConfig:
     grad_clip_norm: Optional[float] = None  # clip by global norm (global batch); None/0: off
     layer_decay: Optional[float] = None  # layer-wise lr decay per group (timm); None: off
     layer_decay_groups: str = "stage"  # stage, or block (timm's param_groups_layer_decay)
+    # #22: the backbone (all but the classifier) frozen for the first N steps; 0 off, -1 always
+    freeze_backbone_steps: int = 0
 
 
 @dataclasses.dataclass
@@ -131,6 +135,10 @@ class RuntimeConfig:
     checkpoint_input: bool = True  # save the input pipeline's position (single replica only)
     log_every_steps: int = 100
     progress_bar: bool = True
+    # #22 divergence checks per loop (train/recovery.py; TF Model Garden TrainerConfig defaults):
+    loss_upper_bound: float = 1e6  # a larger mean loss is divergence (from recovery_begin_steps)
+    recovery_begin_steps: int = 0
+    recovery_max_trials: int = 0  # -1: no checks; 0: stop at the first divergence; N: restore N times
 
 
 @dataclasses.dataclass
@@ -402,3 +410,25 @@ def validate(config: Config) -> None:
     _check_range("runtime.checkpoint_every_secs", r.checkpoint_every_secs, 0, low_open=True)
     _check_range("runtime.keep_checkpoint_max", r.keep_checkpoint_max, 1)
     _check_range("runtime.log_every_steps", r.log_every_steps, 1)
+    # --- #22: fine-tuning controls and recovery (errors name the flag and the key)
+    if m.init_checkpoint_modules not in fine_tune.INIT_MODULES:
+        raise ValueError(f"--init_checkpoint_modules (model.init_checkpoint_modules)="
+                         f"{m.init_checkpoint_modules!r} is not valid; valid values: "
+                         f"{', '.join(fine_tune.INIT_MODULES)}")
+    if m.init_checkpoint_modules != "all" and not m.init_weights:
+        raise ValueError(f"--init_checkpoint_modules={m.init_checkpoint_modules} needs "
+                         "--init_weights (model.init_weights): there is nothing to initialise from")
+    if t.freeze_backbone_steps < -1:
+        raise ValueError(f"--freeze_backbone_steps (train.freeze_backbone_steps)="
+                         f"{t.freeze_backbone_steps} is not valid; valid values: 0 (off), N > 0 "
+                         "(the first N steps), -1 (the whole run)")
+    if not r.loss_upper_bound > 0:  # also NaN
+        raise ValueError(f"--loss_upper_bound (runtime.loss_upper_bound)={r.loss_upper_bound} "
+                         "must be > 0")
+    if r.recovery_begin_steps < 0:
+        raise ValueError(f"--recovery_begin_steps (runtime.recovery_begin_steps)="
+                         f"{r.recovery_begin_steps} must be >= 0")
+    if r.recovery_max_trials < -1:
+        raise ValueError(f"--recovery_max_trials (runtime.recovery_max_trials)="
+                         f"{r.recovery_max_trials} is not valid; valid values: -1 (no checks), "
+                         "0 (stop at the first divergence), N > 0 (restore up to N times)")

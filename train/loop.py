@@ -5,7 +5,9 @@ style), each section calling a named part: devices (train/distribute.py), the pl
 training loop below, the export.
 
 SIGTERM or SIGINT during training (train/preemption.py) ends the current step, writes a
-checkpoint at that step and returns normally; the same command resumes there.
+checkpoint at that step and returns normally; the same command resumes there. A diverged loop
+of steps (train/recovery.py) restores the last good checkpoint or stops the run; the backbone
+may be frozen for the first steps (train/fine_tune.py BackboneFreeze).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tensorflow.core.framework import summary_pb2
 import efficientnet_tf
 from export import export_model
 from train import checkpoints, distribute, fine_tune, input_pipeline, lock, preemption, recipes
+from train import recovery
 from train import config as config_lib
 from train import plan as plan_lib
 from train import state as state_lib
@@ -106,7 +109,9 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
           plan: plan_lib.RunPlan, evaluator: steps_lib.Evaluator, reporter: "Reporter", *,
           restored: bool, jit: Optional[bool]) -> Dict[str, object]:
     """The training loop: host calls of up to steps_per_loop steps, evaluations, the best
-    checkpoint, periodic checkpoints; on SIGTERM/SIGINT a checkpoint at the current step."""
+    checkpoint, periodic checkpoints; on SIGTERM/SIGINT a checkpoint at the current step.
+    Raises recovery.TrainingDivergedError when training diverged more often than
+    runtime.recovery_max_trials allows (nothing of the diverged state is saved)."""
     total_steps, steps_per_epoch, eval_every = plan.total_steps, plan.steps_per_epoch, plan.eval_every
     runtime, batch = cfg.runtime, cfg.train.batch_size
     inputs = TrainInput(cfg, strategy, store, plan)
@@ -125,13 +130,20 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
           f"epochs of {steps_per_epoch} steps, global batch {batch}) on {replicas} replica(s) "
           f"({kind}, {keras.config.dtype_policy().name}, XLA "
           f"{'on' if jit else 'off' if jit is False else 'TPU'}).", flush=True)
+    # --- #22: self-healing and backbone freezing (train/recovery.py, train/fine_tune.py)
+    guard = recovery.LossGuard(
+        state, store, loss_upper_bound=runtime.loss_upper_bound,
+        max_trials=runtime.recovery_max_trials, begin_steps=runtime.recovery_begin_steps,
+        loss_scaled=isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer))
+    freeze = fine_tune.BackboneFreeze(state.model, cfg.train.freeze_backbone_steps)
+    compiled = {}  # frozen or not -> its train steps (each traced over its trainable variables)
     with preemption.StopRequest(strategy, distribute.is_multi_worker()) as stop:
-        train_steps = steps_lib.TrainSteps(strategy, state,
-                                           label_smoothing=cfg.train.label_smoothing,
-                                           weight_decay=cfg.train.weight_decay, jit=jit,
-                                           stop=stop.in_loop,
-                                           loss=plan_lib.loss(cfg, plan))  # #22
         while step < total_steps:
+            if freeze.apply(step):
+                _print_freeze(freeze, step)
+            if freeze.frozen not in compiled:
+                compiled[freeze.frozen] = _train_steps(cfg, plan, strategy, state, jit, stop)
+            train_steps = compiled[freeze.frozen]
             current = recipes.stage_at(plan.stages, step)
             if current != stage:
                 stage, iterator = current, inputs.iterator(current, step)
@@ -139,36 +151,51 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
             next_eval = (step // eval_every + 1) * eval_every
             num = min(runtime.steps_per_loop, stage.end_step - step, next_eval - step,
                       (epoch + 1) * steps_per_epoch - step)
+            unfreeze = freeze.boundary(step)
+            if unfreeze is not None:  # the loop ends where the backbone unfreezes
+                num = min(num, unfreeze - step)
             start, previous = time.time(), step
             totals = train_steps.loop(iterator, tf.constant(num)).numpy()
             elapsed = time.time() - start
             # Fewer than `num` when float16 loss scaling skipped non-finite steps (not
             # counted), or when a signal stopped the loop.
             step = state.step
+            loss = float(totals[0] / totals[2]) if totals[2] else None
             if totals[2]:
                 reporter.train(step, previous, epoch, total_steps, steps_per_epoch, {
-                    "loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2],
+                    "loss": loss, "accuracy": totals[1] / totals[2],
                     "learning_rate": float(state.schedule(max(step - 1, 0))),
                     "images_per_sec": totals[2] / elapsed},
                     inputs.corrupt, runtime.log_every_steps)
+            # Checked per loop (the mean loss of its steps), before anything is evaluated or
+            # saved: a diverged state is replaced by the last good checkpoint, or the run stops.
+            # The iterator is not rewound: training goes on with the batches after the bad loop.
+            evaluate = mode == "train_and_eval" and step > previous and (
+                step // eval_every > previous // eval_every or step == total_steps)
+            save = (evaluate or step == total_steps or step == stage.end_step
+                    or step - last_save_step >= every_steps
+                    or (every_secs and time.time() - last_save_time >= every_secs))
+            problem = guard.problem(loss, step)
+            if problem is None and (save or stop.requested()):  # the weights, before they are kept
+                problem = guard.state_problem(loss)
+            if problem is not None:
+                step = last_save_step = guard.recover(problem, previous, step)
             if stop.requested():  # an evaluation due now is skipped: the grace period is short
                 path = store.save(step, inputs.saved(iterator)) if step != last_save_step else (
                     store.path(f"{checkpoints.PREFIX}-{step}"))
                 print(f"\nStopped by {stop.signal_name} at step {step}/{total_steps}: saved "
                       f"{path}. Run the same command again to resume from there.", flush=True)
                 return {"step": step, "preempted": True, "checkpoint": path}
-            evaluated = better = False
-            if mode == "train_and_eval" and step > previous and (
-                    step // eval_every > previous // eval_every or step == total_steps):
+            if problem is not None:
+                continue
+            better = False
+            if evaluate:
                 results = evaluator.evaluate()
                 reporter.eval(results)
-                evaluated = True
                 if results["top_1_accuracy"] > float(state.best_top1.numpy()):
                     state.best_top1.assign(results["top_1_accuracy"])
                     better = True
-            if (evaluated or step == total_steps or step == stage.end_step
-                    or step - last_save_step >= every_steps
-                    or (every_secs and time.time() - last_save_time >= every_secs)):
+            if save:
                 store.save(step, inputs.saved(iterator))
                 last_save_step, last_save_time = step, time.time()
             if better:  # after the run's own checkpoint, which a rerun needs first
@@ -183,6 +210,24 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
         results["corrupt_images_skipped"] = inputs.corrupt.count
         print(f"Skipped {inputs.corrupt.count} corrupt image(s)", flush=True)
     return results
+
+
+def _train_steps(cfg: config_lib.Config, plan: plan_lib.RunPlan,
+                 strategy: tf.distribute.Strategy, state: state_lib.TrainState,
+                 jit: Optional[bool], stop: preemption.StopRequest) -> steps_lib.TrainSteps:
+    """The compiled train steps over the model's trainable variables as they are now."""
+    return steps_lib.TrainSteps(strategy, state, label_smoothing=cfg.train.label_smoothing,
+                                weight_decay=cfg.train.weight_decay, jit=jit, stop=stop.in_loop,
+                                loss=plan_lib.loss(cfg, plan))
+
+
+def _print_freeze(freeze: fine_tune.BackboneFreeze, step: int) -> None:
+    if freeze.frozen:
+        until = "the end of the run" if freeze.steps < 0 else f"step {freeze.steps}"
+        print(f"Backbone frozen until {until} (--freeze_backbone_steps): training the "
+              "classifier only, batch norm in inference mode", flush=True)
+    else:
+        print(f"Backbone unfrozen at step {step}: training all layers", flush=True)
 
 
 class TrainInput:

@@ -27,6 +27,7 @@ import export  # noqa: E402
 from efficientnet_tf import console  # noqa: E402
 from train import augment, checkpoints, distribute, input_pipeline, lock, loop, recipes  # noqa: E402
 from train import optimizers  # noqa: E402
+from train import fine_tune, recovery  # noqa: E402
 from train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -88,6 +89,20 @@ flags.DEFINE_boolean("use_binary_cross_entropy", None, "Sigmoid binary cross-ent
 flags.DEFINE_float("reprob", None, "Random erasing probability per train image (timm's name; 0: off).")
 flags.DEFINE_float("holdout_fraction", None, "Hold out this fraction of the train split and "
                    "evaluate on it (for datasets without a validation split).")
+# --- #22: fine-tuning controls and recovery (TF Model Garden's names)
+flags.DEFINE_string("init_checkpoint_modules", None, "What --init_weights initialises: "
+                    + " or ".join(fine_tune.INIT_MODULES) + " (every layer but the classifier, "
+                    "which keeps its fresh initialisation). Default all.")
+flags.DEFINE_integer("freeze_backbone_steps", None, "Freeze the backbone (every layer but the "
+                     "classifier, batch norm in inference mode) for the first N steps; -1: the "
+                     "whole run; 0: off (default).")
+flags.DEFINE_float("loss_upper_bound", None, "A mean train loss above this is divergence "
+                   "(default 1e6).")
+flags.DEFINE_integer("recovery_begin_steps", None, "Apply --loss_upper_bound from this step on "
+                     "(default 0; a non-finite loss always counts).")
+flags.DEFINE_integer("recovery_max_trials", None, "On divergence restore the last good checkpoint "
+                     "up to N times, then stop with an error; 0 (default): stop at once; -1: no "
+                     "checks.")
 
 # flag name -> config key
 FLAG_KEYS = {
@@ -122,6 +137,12 @@ FLAG_KEYS = {
     "use_binary_cross_entropy": "train.use_binary_cross_entropy",
     "reprob": "data.random_erasing_prob",
     "holdout_fraction": "data.holdout_fraction",
+    # #22
+    "init_checkpoint_modules": "model.init_checkpoint_modules",
+    "freeze_backbone_steps": "train.freeze_backbone_steps",
+    "loss_upper_bound": "runtime.loss_upper_bound",
+    "recovery_begin_steps": "runtime.recovery_begin_steps",
+    "recovery_max_trials": "runtime.recovery_max_trials",
 }
 
 
@@ -242,6 +263,9 @@ def main(argv):
         return 2
     except (checkpoints.CheckpointWriteError, checkpoints.NoReadableCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)  # disk full, I/O error, every checkpoint damaged
+        return 1
+    except recovery.TrainingDivergedError as err:  # #22: no recovery trial left
+        print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -108,7 +108,8 @@ def build(cfg: config_lib.Config, strategy: tf.distribute.Strategy, *, num_class
             logging.warning("model.sync_bn=false with %d replicas: each replica keeps its own BN "
                             "moving statistics", replicas)
         if init_source is not None:
-            fine_tune.load_init_weights(model, init_source)
+            fine_tune.load_init_weights(model, init_source,
+                                        modules=cfg.model.init_checkpoint_modules)
         batch = train_cfg.batch_size
         schedule = schedules.WarmupDecaySchedule(
             schedules.scaled_learning_rate(train_cfg.base_learning_rate, batch),
