@@ -22,12 +22,11 @@ import yaml
 
 import efficientnet_tf
 from efficientnet_tf.preprocessing import RESIZE_METHODS
-from train import augment
-from train.distribute import PRECISIONS
+from train import augment, optimizers
 from train import fine_tune  # INIT_MODULES (a module: fine_tune imports this one)
+from train.distribute import PRECISIONS
 from train.preprocessing import CROP_RULES
 from train.schedules import DECAY_TYPES
-from train import optimizers
 
 DIGITS = "sklearn_digits"  # the embedded default dataset (train/digits_dataset.py)
 MODES = ("train", "eval", "train_and_eval")

@@ -25,9 +25,8 @@ import tensorflow as tf  # noqa: E402
 
 import export  # noqa: E402
 from efficientnet_tf import console  # noqa: E402
-from train import augment, checkpoints, distribute, input_pipeline, lock, loop, recipes  # noqa: E402
-from train import optimizers  # noqa: E402
-from train import fine_tune, recovery  # noqa: E402
+from train import augment, checkpoints, distribute, fine_tune, input_pipeline, lock, loop  # noqa: E402
+from train import optimizers, recipes, recovery  # noqa: E402
 from train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
