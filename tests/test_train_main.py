@@ -272,6 +272,7 @@ def test_image_folder_with_a_corrupt_file(image_folder, tmp_path):
     (["--export_format=coreml", "--export_dir=/tmp/x_export"], "--export_format='coreml'"),
     (["--num_cpu_devices=2", "--tpu=local"], "--num_cpu_devices"),
     (["--init_weights=/no/such/run"], "does not exist"),
+    (["--reprob=1.5"], "(--reprob sets data.random_erasing_prob)"),
 ])
 def test_invalid_flags_fail_before_any_work(tmp_path, capsys, args, message):
     from absl import flags

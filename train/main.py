@@ -15,6 +15,7 @@ overrides (a key set both by a flag and by --config is an error). Unknown keys a
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -158,6 +159,15 @@ def flag_overrides(values: Dict[str, Any]) -> Dict[str, Any]:
     return overrides
 
 
+def name_flags(message: str) -> str:
+    """``message`` with the flag of each config key it names added at the end, e.g.
+    ``... (--reprob sets data.random_erasing_prob)``: errors come from the config, users type
+    flags."""
+    named = [f"--{flag} sets {key}" for flag, key in FLAG_KEYS.items()
+             if re.search(re.escape(key) + r"(?![\w.])", message) and f"--{flag}" not in message]
+    return f"{message} ({'; '.join(named)})" if named else message
+
+
 def resolve_config(flag_values: Dict[str, Any], config_items: List[str],
                    recipe: Optional[str] = None) -> config_lib.Config:
     """Defaults < recipe < flags < --config. ``flag_values`` holds only flags that were given."""
@@ -247,7 +257,7 @@ def main(argv):
         check_run(cfg, FLAGS.mode, model_dir, FLAGS.export_dir, FLAGS.tpu,
                   FLAGS.num_cpu_devices, FLAGS.export_format)
     except ValueError as err:  # a bad flag or config: say so before any work starts
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {name_flags(str(err))}", file=sys.stderr)
         return 2
 
     if not FLAGS.model_dir:

@@ -2,8 +2,9 @@
 (:func:`make_optimizer`), LARS and LAMB as Keras 3 optimizers, global-norm gradient clipping
 and layer-wise learning-rate decay (:class:`TrainerHooks`).
 
-Every row of the table names the config keys its optimizer reads and the default of each
-optional one, with the source of the default; help texts, validation and docs read the table.
+Every row of the table holds the default of each optional hyperparameter its optimizer reads,
+with the source cited; help texts and validation read the table, and a test checks the docs'
+table against it.
 """
 
 from __future__ import annotations
@@ -26,15 +27,13 @@ LAYER_DECAY_GROUPS = ("stage", "block")
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-    """One optimizer: its name, the train.* keys it reads, the defaults of the optional ones,
-    whether ``train.weight_decay``'s explicit L2 loss term applies, and where the defaults
-    come from."""
+    """One optimizer: its name, its factory, the defaults of the optional hyperparameters it
+    reads (the sources are cited at the rows), and whether ``train.weight_decay``'s explicit L2
+    loss term applies."""
     name: str
     build: Callable[..., keras.optimizers.Optimizer]  # (train_cfg, learning_rate, hyper, excluded)
-    reads: Tuple[str, ...]
     defaults: Mapping[str, float]
     l2_loss: bool
-    source: str
 
     def hyper(self, train_cfg) -> Dict[str, float]:
         """The optional hyperparameters, the config's where set, else the defaults."""
@@ -243,39 +242,30 @@ def _lars(t, lr, hyper, excluded):
 OPTIMIZERS: Dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     # tensorflow/tpu efficientnet utils.build_optimizer: RMSProp(decay 0.9, momentum 0.9,
     # epsilon 1e-3 inside the square root; Keras' RMSprop agrees; TF1 started the mean square
-    # at 1.0, Keras at 0). The official recipes' optimizer.
-    OptimizerSpec("rmsprop", _rmsprop, ("rmsprop_rho", "momentum", "epsilon"), {}, True,
-                  "tensorflow/tpu efficientnet utils.build_optimizer"),
-    OptimizerSpec("adam", _adam, (), {}, True, "Keras Adam defaults (the digits recipe)"),
-    OptimizerSpec("sgd", _sgd, (), {}, True, "tensorflow/tpu utils.build_optimizer"),
-    OptimizerSpec("momentum", _momentum, ("momentum",), {}, True,
-                  "tensorflow/tpu utils.build_optimizer"),
+    # at 1.0, Keras at 0), reading train.rmsprop_rho, momentum and epsilon. The official
+    # recipes' optimizer.
+    OptimizerSpec("rmsprop", _rmsprop, {}, True),
+    OptimizerSpec("adam", _adam, {}, True),  # Keras' Adam defaults (the digits recipe)
+    # tensorflow/tpu utils.build_optimizer: plain SGD, and momentum (train.momentum).
+    OptimizerSpec("sgd", _sgd, {}, True),
+    OptimizerSpec("momentum", _momentum, {}, True),
     # torch.optim.AdamW defaults, which timm's create_optimizer_v2('adamw') uses: betas
     # (0.9, 0.999), eps 1e-8, weight decay 0.01 (NVIDIA TF2 ConvNets optimizer_factory's adamw
     # default 0.01 too). Decoupled: w -= lr * wd * w, off BN parameters and biases.
-    OptimizerSpec("adamw", _adamw, ("optimizer_weight_decay", "beta_1", "beta_2",
-                                    "optimizer_epsilon"),
-                  {"optimizer_weight_decay": 0.01, "beta_1": 0.9, "beta_2": 0.999,
-                   "optimizer_epsilon": 1e-8}, False,
-                  "torch.optim.AdamW / timm adamw; NVIDIA TF2 ConvNets optimizer_factory"),
+    OptimizerSpec("adamw", _adamw, {"optimizer_weight_decay": 0.01, "beta_1": 0.9,
+                                    "beta_2": 0.999, "optimizer_epsilon": 1e-8}, False),
     # NVIDIA DeepLearningExamples TensorFlow2/Classification/ConvNets/efficientnet_v2 README
     # (V2-S at batch 36,800 with nvLAMB): beta_1 0.9, beta_2 0.999, epsilon 1e-6, weight decay
     # 1e-5, grad_global_clip_norm 1 (set --grad_clip_norm=1), lr_init 5e-5 per 128 images
     # (--base_learning_rate=1e-4 here), 10 warm-up epochs.
-    OptimizerSpec("lamb", _lamb, ("optimizer_weight_decay", "beta_1", "beta_2",
-                                  "optimizer_epsilon"),
-                  {"optimizer_weight_decay": 1e-5, "beta_1": 0.9, "beta_2": 0.999,
-                   "optimizer_epsilon": 1e-6}, False,
-                  "NVIDIA DeepLearningExamples TF2 EfficientNetV2 README (nvLAMB)"),
+    OptimizerSpec("lamb", _lamb, {"optimizer_weight_decay": 1e-5, "beta_1": 0.9,
+                                  "beta_2": 0.999, "optimizer_epsilon": 1e-6}, False),
     # tensorflow/tpu efficientnet main.py flags lars_weight_decay 1e-5, lars_epsilon 0.0;
-    # lars_optimizer.py eeta 0.001; utils.build_optimizer momentum 0.9 and skip_list
-    # batch_normalization/bias/beta/gamma. Its model_fn adds the L2 loss term
+    # lars_optimizer.py eeta 0.001; utils.build_optimizer momentum 0.9 (train.momentum) and
+    # skip_list batch_normalization/bias/beta/gamma. Its model_fn adds the L2 loss term
     # (--weight_decay 1e-5) whatever the optimizer, so the L2 term stays on for LARS too.
-    OptimizerSpec("lars", _lars, ("momentum", "optimizer_weight_decay", "optimizer_epsilon",
-                                  "trust_coefficient"),
-                  {"optimizer_weight_decay": 1e-5, "optimizer_epsilon": 0.0,
-                   "trust_coefficient": 1e-3}, True,
-                  "tensorflow/tpu efficientnet main.py + lars_optimizer.py"),
+    OptimizerSpec("lars", _lars, {"optimizer_weight_decay": 1e-5, "optimizer_epsilon": 0.0,
+                                  "trust_coefficient": 1e-3}, True),
 )}
 
 

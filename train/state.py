@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 from typing import Dict, List, Optional
 
 import keras
@@ -23,7 +22,6 @@ from absl import logging
 
 import efficientnet_tf
 from efficientnet_tf import fast
-from efficientnet_tf.weights.core import variable_key
 from train import config as config_lib
 from train import distribute
 from train import fine_tune
@@ -133,11 +131,11 @@ def build(cfg: config_lib.Config, strategy: tf.distribute.Strategy, *, num_class
             state.ema_shadows = [state.ema.average(v) for v in state.ema_vars]
     state.rng_states = [v.value for v in model.non_trainable_variables
                         if v.path.endswith("seed_generator_state")]
-    exclude = re.compile(train_cfg.weight_decay_exclude)
     # AdamW and LAMB decay inside the optimizer: no L2 loss term (an empty list turns it off).
     if optimizers_lib.OPTIMIZERS[train_cfg.optimizer].l2_loss:
-        state.decayed = [var.value for layer in model.layers for var in layer.trainable_weights
-                         if not exclude.match(variable_key(layer.name, var))]
+        excluded = {id(v) for v in optimizers_lib.excluded_variables(
+            model, train_cfg.weight_decay_exclude)}
+        state.decayed = [v.value for v in model.trainable_weights if id(v) not in excluded]
     _print_optimizer(optimizer_info)
     return state
 
