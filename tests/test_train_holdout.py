@@ -6,6 +6,7 @@ cross-entropy and random erasing (the #22 features together)."""
 
 import dataclasses
 import os
+import re
 
 import numpy as np
 import pytest
@@ -115,6 +116,15 @@ def test_plan_reports_the_holdout(digits_dir):
 def test_bad_values_name_the_key(flags, items, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         train_main.resolve_config(flags, items)
+
+
+@pytest.mark.parametrize("split", ["train[:90%]", "train+validation"])
+def test_holdout_of_a_sliced_or_summed_split_names_both_keys(split):
+    """TFDS cannot slice ``train[:90%]`` again (``train[:90%][:k]``), so validate rejects it."""
+    with pytest.raises(ValueError, match=re.escape(
+            f"data.holdout_fraction=0.1 needs data.train_split to be one whole split, not "
+            f"{split!r}")):
+        train_main.resolve_config({"holdout_fraction": 0.1}, [f"data.train_split={split}"])
 
 
 def test_flags_set_the_keys():
