@@ -365,7 +365,7 @@ def validate(config: Config) -> None:
                     d.cutmix_alpha, key_prefix="data.")
     _check_range("data.shuffle_buffer_size", d.shuffle_buffer_size, 1)
     # Random erasing and the holdout split (#22)
-    _check_range("data.random_erasing_prob", d.random_erasing_prob, 0, 1)
+    augment.RandomErasing(d.random_erasing_prob)  # owns the range and its message
     _check_range("data.holdout_fraction", d.holdout_fraction, 0, 1, True, True)
     if d.holdout_fraction is not None and d.eval_split is not None:
         raise ValueError(f"data.holdout_fraction={d.holdout_fraction} and data.eval_split="
