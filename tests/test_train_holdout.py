@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 
+import digit_pairs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -140,16 +141,12 @@ def test_flags_set_the_keys():
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory):
     """A TFDS data_dir with the multi-label digit_pairs dataset (tests/digit_pairs.py)."""
-    import digit_pairs
-
     data_dir = str(tmp_path_factory.mktemp("pairs"))
     digit_pairs.DigitPairs(data_dir=data_dir).download_and_prepare()
     return data_dir
 
 
 def test_multi_label_pipeline_gives_multi_hot_labels(pairs_dir):
-    import digit_pairs
-
     facts = ip.dataset_facts("digit_pairs", "train", pairs_dir)
     assert (facts.num_examples, facts.num_classes, facts.multi_label) == (
         digit_pairs.NUM_EXAMPLES, 10, True)
