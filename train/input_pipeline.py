@@ -291,7 +291,8 @@ class PipelineSpec:
     batch_size: global batch; with an input_context each pipeline batches its per-replica share.
     num_classes: labels are one-hot float32 [B, num_classes] when given, else int32 [B];
       mixup/cutmix need it. Multi-label datasets (DatasetFacts.multi_label) always give
-      multi-hot float32 [B, num_classes or the dataset's classes].
+      multi-hot float32 [B, num_classes or the dataset's classes] (rows divided by their
+      label count with normalize_multi_hot).
     random_erasing: erases a rectangle of train images after the per-image augmentation
       (train.augment.RandomErasing; None: off).
     normalize_multi_hot: divide each multi-hot label by its label count before batching and
