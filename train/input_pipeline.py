@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from train import augment
 from train import digits_dataset  # noqa: F401  (import registers the sklearn_digits builder)
+from train import losses
 from train import preprocessing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -453,5 +454,5 @@ def _finish(example, spec: PipelineSpec):
     if spec.num_classes and label.shape.rank == 0:  # multi-label data is multi-hot already
         label = tf.one_hot(label, spec.num_classes, dtype=tf.float32)
     elif spec.normalize_multi_hot and label.shape.rank == 1:  # before any batch mix (#22)
-        label = tf.math.divide_no_nan(label, tf.reduce_sum(label))
+        label = losses.normalized(label)
     return image, label
