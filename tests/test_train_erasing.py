@@ -9,7 +9,7 @@ import skimage.data
 import tensorflow as tf
 
 import efficientnet_tf
-from train import augment, input_pipeline, preprocessing
+from train import augment, config, input_pipeline, preprocessing
 
 SEED = tf.constant([3, 7], tf.int64)
 B0 = efficientnet_tf.model_info("efficientnet-b0")
@@ -78,9 +78,15 @@ def test_probability(photo):
     np.testing.assert_array_equal(erased(small, SEED, augment.RandomErasing(0.0)), small)
 
 
-def test_bad_probability_names_the_key():
-    with pytest.raises(ValueError, match="data.random_erasing_prob"):
-        augment.RandomErasing(1.5)
+@pytest.mark.parametrize("probability", [1.5, -0.1])
+def test_bad_probability_names_the_key_with_one_message(probability):
+    """RandomErasing owns the range check; config.validate gives the same message."""
+    with pytest.raises(ValueError, match="data.random_erasing_prob") as made:
+        augment.RandomErasing(probability)
+    cfg = config.apply(config.Config(), {"data.random_erasing_prob": probability})
+    with pytest.raises(ValueError) as validated:
+        config.validate(cfg)
+    assert str(validated.value) == str(made.value)
 
 
 @pytest.mark.parametrize("augment_name", [None, "randaugment"])

@@ -4,8 +4,11 @@ file-name hash); its checks, the plan that reports it, and one real trainer proc
 trains on the rest and evaluates on the holdout of a multi-label TFDS dataset with binary
 cross-entropy and random erasing (the #22 features together)."""
 
+import dataclasses
 import os
+import re
 
+import digit_pairs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -108,12 +111,21 @@ def test_plan_reports_the_holdout(digits_dir):
      "data.holdout_fraction=0.1 and data.eval_split='test' exclude each other"),
     ({"holdout_fraction": 1.0}, [], "data.holdout_fraction=1.0 must be < 1"),
     ({"holdout_fraction": 0.0}, [], "data.holdout_fraction=0.0 must be > 0"),
-    ({"reprob": 1.5}, [], "data.random_erasing_prob=1.5 must be <= 1"),
+    ({"reprob": 1.5}, [], "data.random_erasing_prob=1.5 must be a number in [0, 1]"),
     ({}, ["train.use_binary_cross_entropy=2"], "expects bool"),
 ])
 def test_bad_values_name_the_key(flags, items, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         train_main.resolve_config(flags, items)
+
+
+@pytest.mark.parametrize("split", ["train[:90%]", "train+validation"])
+def test_holdout_of_a_sliced_or_summed_split_names_both_keys(split):
+    """TFDS cannot slice ``train[:90%]`` again (``train[:90%][:k]``), so validate rejects it."""
+    with pytest.raises(ValueError, match=re.escape(
+            f"data.holdout_fraction=0.1 needs data.train_split to be one whole split, not "
+            f"{split!r}")):
+        train_main.resolve_config({"holdout_fraction": 0.1}, [f"data.train_split={split}"])
 
 
 def test_flags_set_the_keys():
@@ -129,16 +141,12 @@ def test_flags_set_the_keys():
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory):
     """A TFDS data_dir with the multi-label digit_pairs dataset (tests/digit_pairs.py)."""
-    import digit_pairs
-
     data_dir = str(tmp_path_factory.mktemp("pairs"))
     digit_pairs.DigitPairs(data_dir=data_dir).download_and_prepare()
     return data_dir
 
 
 def test_multi_label_pipeline_gives_multi_hot_labels(pairs_dir):
-    import digit_pairs
-
     facts = ip.dataset_facts("digit_pairs", "train", pairs_dir)
     assert (facts.num_examples, facts.num_classes, facts.multi_label) == (
         digit_pairs.NUM_EXAMPLES, 10, True)
@@ -147,6 +155,39 @@ def test_multi_label_pipeline_gives_multi_hot_labels(pairs_dir):
     _, labels = next(iter(ip.build_dataset(spec)))
     assert labels.shape == (32, 10) and labels.dtype == tf.float32
     assert set(labels.numpy().sum(1)) <= {1.0, 2.0} and labels.numpy().sum() > 40
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["softmax", "bce"])
+def test_mixup_of_multi_hot_labels(pairs_dir, binary):
+    """Softmax: mixup mixes each example's label spread over its labels, lam y1/|y1| + (1 - lam)
+    y2/|y2| (y1 = {a, b}, y2 = {c}, lam = 1/2: a, b 1/4 each and c 1/2), and the loss uses that
+    target; BCE mixes the multi-hot labels as they are. lam comes from the mixed images."""
+    cfg = config_lib.apply(config_lib.Config(), {
+        "data.dataset": "digit_pairs", "data.data_dir": pairs_dir, "data.eval_split": "train",
+        "data.image_size": 16, "data.mixup_alpha": 1.0, "data.deterministic": True,
+        "data.seed": 0, "train.batch_size": 32, "train.steps": 1, "train.label_smoothing": 0.0,
+        "train.use_binary_cross_entropy": binary})
+    config_lib.validate(cfg)
+    plan = plan_lib.make_plan(cfg, "train")
+    spec = plan_lib.train_spec(cfg, plan, plan.stages[0], seed=0)
+    unmixed = dataclasses.replace(
+        spec, augmentation=dataclasses.replace(spec.augmentation, mixup_alpha=0.0))
+    images, labels = (t.numpy() for t in next(iter(ip.build_dataset(unmixed))))
+    mixed_images, mixed = (t.numpy() for t in next(iter(ip.build_dataset(spec))))
+    hot = (labels > 0).astype(np.float64)  # the multi-hot labels
+    assert (hot.sum(1) != hot[::-1].sum(1)).any()  # some pairs mix 1 label with 2
+    # mixup: x lam + x[::-1] (1 - lam) per example; lam by least squares
+    a, b = images.reshape(32, -1), images[::-1].reshape(32, -1)
+    lam = ((mixed_images.reshape(32, -1) - b) * (a - b)).sum(1) / ((a - b) ** 2).sum(1)
+    assert (lam >= 0.5 - 1e-4).all() and (lam < 0.999).any()
+    target = hot if binary else hot / hot.sum(1, keepdims=True)
+    expected = lam[:, None] * target + (1 - lam[:, None]) * target[::-1]
+    np.testing.assert_allclose(mixed, expected, atol=1e-4)
+    logits = np.random.default_rng(0).normal(0, 2, (32, 10)).astype(np.float32)
+    loss = plan_lib.loss(cfg, plan).train(tf.constant(mixed), tf.constant(logits)).numpy()
+    if not binary:
+        np.testing.assert_allclose(loss, tf.nn.softmax_cross_entropy_with_logits(
+            expected.astype(np.float32), logits).numpy(), rtol=1e-4)
 
 
 @pytest.mark.integration

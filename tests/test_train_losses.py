@@ -2,11 +2,13 @@
 the softmax loss and single-label evaluation unchanged, multi-label top-k, and BCE training a
 real multi-label toy problem (two digits side by side) with the trainer's own steps."""
 
+import digit_pairs as digit_pairs_lib
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from efficientnet_tf.digits import digits_images_and_labels
 from train import config  # noqa: F401  (first: train.state and train.config import each other)
 from train import losses
 from train import steps as steps_lib
@@ -71,17 +73,11 @@ def test_multi_label_hits():
 
 
 def digit_pairs(count, offset, seed):
-    """Two 8x8 scikit-learn digits side by side [count, 8, 16, 1] and their multi-hot labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images, targets = digits.images[offset:offset + 800] / 16.0, digits.target[offset:offset + 800]
-    pairs = np.random.default_rng(seed).integers(len(targets), size=(count, 2))
-    x = np.concatenate([images[pairs[:, 0]], images[pairs[:, 1]]], axis=2)[..., None]
-    y = np.zeros((count, 10), np.float32)
-    y[np.arange(count), targets[pairs[:, 0]]] = 1
-    y[np.arange(count), targets[pairs[:, 1]]] = 1
-    return x.astype(np.float32), y
+    """Pairs of 8x8 digits [offset, offset + 800) side by side [count, 8, 16, 1] in [0, 1] and
+    their multi-hot labels (tests/digit_pairs.py's construction, without the TFDS dataset)."""
+    images, labels = digits_images_and_labels(image_size=8)  # uint8, grey in RGB
+    images = images[offset:offset + 800, :, :, :1].astype(np.float32) / 255.0
+    return digit_pairs_lib.pair_up(images, labels[offset:offset + 800], count, seed)
 
 
 def test_bce_trains_a_multi_label_toy_dataset():

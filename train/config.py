@@ -365,12 +365,19 @@ def validate(config: Config) -> None:
                     d.cutmix_alpha, key_prefix="data.")
     _check_range("data.shuffle_buffer_size", d.shuffle_buffer_size, 1)
     # Random erasing and the holdout split (#22)
-    _check_range("data.random_erasing_prob", d.random_erasing_prob, 0, 1)
+    augment.RandomErasing(d.random_erasing_prob)  # owns the range and its message
     _check_range("data.holdout_fraction", d.holdout_fraction, 0, 1, True, True)
     if d.holdout_fraction is not None and d.eval_split is not None:
         raise ValueError(f"data.holdout_fraction={d.holdout_fraction} and data.eval_split="
                          f"{d.eval_split!r} exclude each other: the holdout is the eval split "
                          "(set one of them)")
+    if d.holdout_fraction is not None and d.train_split and any(
+            c in d.train_split for c in "[+"):  # TFDS cannot slice a slice or a sum of splits
+        raise ValueError(f"data.holdout_fraction={d.holdout_fraction} needs data.train_split to "
+                         f"be one whole split, not {d.train_split!r}: the holdout is sliced from "
+                         "it; hold out from the whole split, or set data.train_split and "
+                         "data.eval_split to two slices instead (e.g. train[:90%] and "
+                         "train[90%:])")
     _check_range("train.batch_size", t.batch_size, 1)
     _check_range("train.epochs", t.epochs, 0, low_open=True)
     _check_range("train.steps", t.steps, 1)

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from train import augment
 from train import digits_dataset  # noqa: F401  (import registers the sklearn_digits builder)
+from train import losses
 from train import preprocessing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -291,9 +292,13 @@ class PipelineSpec:
     batch_size: global batch; with an input_context each pipeline batches its per-replica share.
     num_classes: labels are one-hot float32 [B, num_classes] when given, else int32 [B];
       mixup/cutmix need it. Multi-label datasets (DatasetFacts.multi_label) always give
-      multi-hot float32 [B, num_classes or the dataset's classes].
+      multi-hot float32 [B, num_classes or the dataset's classes] (rows divided by their
+      label count with normalize_multi_hot).
     random_erasing: erases a rectangle of train images after the per-image augmentation
       (train.augment.RandomErasing; None: off).
+    normalize_multi_hot: divide each multi-hot label by its label count before batching and
+      mixup/CutMix (softmax training on multi-label data, ``losses.Loss.normalizes_multi_hot``),
+      so a mix is lam y1/|y1| + (1 - lam) y2/|y2|. One-hot labels are unaffected.
     deterministic: fixed element order and seed (seed defaults to 0) for tests/debugging.
     skip_corrupt: drop undecodable examples, counting them in the corrupt_counter (and logging
       each id); otherwise such an example raises InvalidArgumentError naming it.
@@ -327,6 +332,7 @@ class PipelineSpec:
     area_range: tuple[float, float] = preprocessing.TRAIN_AREA_RANGE
     random_flip: bool = True
     random_erasing: augment.RandomErasing | None = None
+    normalize_multi_hot: bool = False
 
     def __post_init__(self):
         if not isinstance(self.augmentation, augment.Augment):
@@ -447,4 +453,6 @@ def _finish(example, spec: PipelineSpec):
     label = example["label"]
     if spec.num_classes and label.shape.rank == 0:  # multi-label data is multi-hot already
         label = tf.one_hot(label, spec.num_classes, dtype=tf.float32)
+    elif spec.normalize_multi_hot and label.shape.rank == 1:  # before any batch mix (#22)
+        label = losses.normalized(label)
     return image, label

@@ -11,8 +11,11 @@ Two losses (``train.use_binary_cross_entropy``):
   targets towards 1/2, ``y (1 - s) + s / 2``, as automl's ``sigmoid_cross_entropy`` and Keras'
   ``binary_crossentropy`` do (Model Garden ignores the smoothing for single-label BCE).
 
-Labels: training always gets float [B, C] (one-hot, mixed, or multi-hot); evaluation gets int
-class ids [B] (single-label data) or multi-hot float [B, C] (multi-label data, see
+Labels: training always gets float [B, C]: one-hot or multi-hot, possibly mixed (mixup/CutMix).
+Softmax on multi-label data needs each example's multi-hot label divided by its label count
+*before* the batch mix (``Loss.normalizes_multi_hot``; the input pipeline does it), so a mix is
+``lam y1/|y1| + (1 - lam) y2/|y2|``; BCE mixes the multi-hot labels as they are. Evaluation gets
+int class ids [B] (single-label data) or multi-hot float [B, C] (multi-label data, see
 ``input_pipeline``). Multi-label top-k: one of the k best predictions is a true label (automl's
 21k evaluation reports this as ``precision@1`` for k = 1).
 """
@@ -32,15 +35,26 @@ class Loss:
     binary: sigmoid binary cross-entropy instead of softmax cross-entropy.
     label_smoothing: training only (evaluation losses are unsmoothed).
     multi_label: labels are multi-hot (the data's; see ``input_pipeline.DatasetFacts``):
-      softmax cross-entropy then spreads each example's target over its labels (automl
+      softmax cross-entropy then spreads each example's target evenly over its labels (automl
       ``data.multiclass``), and a train prediction is correct when it is one of the labels.
     """
     binary: bool = False
     label_smoothing: float = 0.0
     multi_label: bool = False
 
+    @property
+    def normalizes_multi_hot(self) -> bool:
+        """Softmax on multi-label data: each example's multi-hot label must be divided by its
+        label count before mixup/CutMix mix the batch (see the module docstring)."""
+        return self.multi_label and not self.binary
+
     def train(self, labels, logits):
-        """Per-example loss [B] of float labels [B, C] and float32 logits [B, C]."""
+        """Per-example loss [B] of float labels [B, C] and float32 logits [B, C].
+
+        Softmax on multi-label data: rows are divided by their sum, which leaves a mix of
+        normalized labels (:attr:`normalizes_multi_hot`) as it is and spreads an unmixed
+        multi-hot row evenly over its labels.
+        """
         if self.binary:
             return binary_cross_entropy(labels, logits, self.label_smoothing)
         if self.multi_label:
@@ -49,8 +63,9 @@ class Loss:
             labels, logits, from_logits=True, label_smoothing=self.label_smoothing)
 
     def train_correct(self, labels, logits):
-        """Bool [B]: the top prediction is the label (argmax of the float labels), or, with
-        multi-label data, one of the labels."""
+        """Bool [B]: the top prediction is the label (argmax of the float labels: after
+        mixup/CutMix, the label with the larger weight), or, with multi-label data, one of the
+        labels with a positive weight (after a mix, a label of either image)."""
         if self.multi_label:
             return in_labels(labels, logits, 1)
         return tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1))

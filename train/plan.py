@@ -127,7 +127,8 @@ def train_spec(cfg: config_lib.Config, plan: RunPlan, stage: recipes.Stage,
         random_flip=data.random_flip,
         # Noise that is N(0, 1) after the model's own normalization (timm's 'pixel' fill).
         random_erasing=augment.RandomErasing.for_normalization(
-            data.random_erasing_prob, info["mean_rgb"], info["stddev_rgb"]))
+            data.random_erasing_prob, info["mean_rgb"], info["stddev_rgb"]),
+        normalize_multi_hot=loss(cfg, plan).normalizes_multi_hot)
 
 
 def loss(cfg: config_lib.Config, plan: RunPlan) -> losses.Loss:
