@@ -155,7 +155,7 @@ def test_backbone_only_init_keeps_the_fresh_classifier_even_when_classes_match(c
     ({"freeze_backbone_steps": -2}, "--freeze_backbone_steps (train.freeze_backbone_steps)=-2 is "
                                     "not valid; valid values: 0 (off), N > 0"),
     ({"recovery_max_trials": -3}, "--recovery_max_trials (runtime.recovery_max_trials)=-3 is not "
-                                  "valid; valid values: -1 (no checks)"),
+                                  "valid; valid values: -1 (off, the default), 0 (stop"),
     ({"loss_upper_bound": float("nan")}, "--loss_upper_bound (runtime.loss_upper_bound)=nan must"),
     ({"recovery_begin_steps": -1}, "--recovery_begin_steps (runtime.recovery_begin_steps)=-1 must"),
 ])
@@ -167,7 +167,13 @@ def test_bad_values_name_the_flag_and_the_valid_ones(flags, message):
     assert message in str(err.value)
 
 
-def test_defaults_keep_todays_behaviour_and_are_recorded():
+def test_defaults_are_off_and_the_default_run_pays_no_state_check(tmp_path):
+    """Existing runs do not change (#22): nothing frozen, all weights initialised, and the
+    divergence guard off (-1, where Model Garden's default is 0): it neither judges a NaN loss
+    nor reduces over the variables before a save. Explicit values are recorded."""
+    import tensorflow as tf
+
+    from train import checkpoints, recovery
     from train import config as config_lib
     from train import main
 
@@ -178,6 +184,22 @@ def test_defaults_keep_todays_behaviour_and_are_recorded():
     assert "recovery_max_trials: 3" in config_lib.to_yaml(cfg)
     default = config_lib.Config()
     assert (default.model.init_checkpoint_modules, default.train.freeze_backbone_steps) == ("all", 0)
-    # TF Model Garden's TrainerConfig defaults (official/core/config_definitions.py)
-    assert (default.runtime.loss_upper_bound, default.runtime.recovery_begin_steps,
-            default.runtime.recovery_max_trials) == (1e6, 0, 0)
+    r = default.runtime
+    assert (r.loss_upper_bound, r.recovery_begin_steps, r.recovery_max_trials) == (1e6, 0, -1)
+
+    class NanState:  # what LossGuard would read of a TrainState, already diverged
+        model = type("M", (), {"weights": [tf.Variable([float("nan")])]})()
+        optimizer = type("O", (), {"variables": []})()
+        ema_shadows, best_top1 = [], tf.Variable(-1.0)
+
+    guard = recovery.LossGuard(NanState(), checkpoints.CheckpointStore(str(tmp_path)),
+                               loss_upper_bound=r.loss_upper_bound, max_trials=r.recovery_max_trials,
+                               begin_steps=r.recovery_begin_steps, loss_scaled=True)
+    assert not guard.enabled
+
+    def reduce_over_the_variables():
+        raise AssertionError("the default run checked the state")
+
+    guard.state_is_finite = reduce_over_the_variables
+    assert guard.problem(float("nan"), 8) is None and guard.problem(None, 8) is None
+    assert guard.state_problem(2.5) is None

@@ -134,10 +134,11 @@ class RuntimeConfig:
     checkpoint_input: bool = True  # save the input pipeline's position (single replica only)
     log_every_steps: int = 100
     progress_bar: bool = True
-    # #22 divergence checks per loop (train/recovery.py; TF Model Garden TrainerConfig defaults):
+    # #22 divergence checks per loop (train/recovery.py; TF Model Garden TrainerConfig names and
+    # meanings; the default -1 is ours, not its 0: existing runs keep today's behaviour):
     loss_upper_bound: float = 1e6  # a larger mean loss is divergence (from recovery_begin_steps)
     recovery_begin_steps: int = 0
-    recovery_max_trials: int = 0  # -1: no checks; 0: stop at the first divergence; N: restore N times
+    recovery_max_trials: int = -1  # -1: off; 0: stop at the first divergence; N: restore N times
 
 
 @dataclasses.dataclass
@@ -429,5 +430,5 @@ def validate(config: Config) -> None:
                          f"{r.recovery_begin_steps} must be >= 0")
     if r.recovery_max_trials < -1:
         raise ValueError(f"--recovery_max_trials (runtime.recovery_max_trials)="
-                         f"{r.recovery_max_trials} is not valid; valid values: -1 (no checks), "
-                         "0 (stop at the first divergence), N > 0 (restore up to N times)")
+                         f"{r.recovery_max_trials} is not valid; valid values: -1 (off, the "
+                         "default), 0 (stop at the first divergence), N > 0 (restore up to N times)")

@@ -100,7 +100,7 @@ flags.DEFINE_float("loss_upper_bound", None, "A mean train loss above this is di
 flags.DEFINE_integer("recovery_begin_steps", None, "Apply --loss_upper_bound from this step on "
                      "(default 0; a non-finite loss always counts).")
 flags.DEFINE_integer("recovery_max_trials", None, "On divergence restore the last good checkpoint "
-                     "up to N times, then stop with an error; 0 (default): stop at once; -1: no "
+                     "up to N times, then stop with an error; 0: stop at once; -1 (default): no "
                      "checks.")
 
 # flag name -> config key

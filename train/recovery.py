@@ -8,7 +8,8 @@ Semantics of TF Model Garden's trainer (tensorflow/models official/core/config_d
 ``TrainerConfig``: ``loss_upper_bound`` 1e6, ``recovery_begin_steps`` 0, ``recovery_max_trials``
 0; official/core/base_trainer.py ``Recovery``): max trials < 0 checks nothing, 0 stops the run
 at the first divergence, N > 0 restores up to N times; the bound applies from
-``recovery_begin_steps`` on, a non-finite loss always counts.
+``recovery_begin_steps`` on, a non-finite loss always counts. Our default is -1, not Model
+Garden's 0: a run without the flags behaves as before (no check, nothing computed).
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ class LossGuard:
         # a non-finite loss is then divergence only when the state itself turned non-finite.
         self.loss_scaled = loss_scaled
         self.trials = 0
-        self._variables = float_variables(state)
-        self._finite = tf.function(
-            lambda: tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self._variables]))
+        self._finite = None
+        if self.enabled:  # off (the default): not even the list of variables
+            variables = float_variables(state)
+            self._finite = tf.function(
+                lambda: tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
 
     @property
     def enabled(self) -> bool:
