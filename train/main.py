@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 import export  # noqa: E402
 from efficientnet_tf import console  # noqa: E402
-from train import augment, checkpoints, distribute, fine_tune, input_pipeline, lock, loop  # noqa: E402
+from train import augment, checkpoints, distribute, input_pipeline, lock, loop  # noqa: E402
 from train import optimizers, recipes, recovery  # noqa: E402
 from train import config as config_lib  # noqa: E402
 
@@ -90,7 +90,7 @@ flags.DEFINE_float("holdout_fraction", None, "Hold out this fraction of the trai
                    "evaluate on it (for datasets without a validation split).")
 # --- #22: fine-tuning controls and recovery (TF Model Garden's names)
 flags.DEFINE_string("init_checkpoint_modules", None, "What --init_weights initialises: "
-                    + " or ".join(fine_tune.INIT_MODULES) + " (every layer but the classifier, "
+                    + " or ".join(config_lib.INIT_MODULES) + " (every layer but the classifier, "
                     "which keeps its fresh initialisation). Default all.")
 flags.DEFINE_integer("freeze_backbone_steps", None, "Freeze the backbone (every layer but the "
                      "classifier, batch norm in inference mode) for the first N steps; -1: the "

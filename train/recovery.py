@@ -15,16 +15,14 @@ Garden's 0: a run without the flags behaves as before (no check, nothing compute
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import keras
 import tensorflow as tf
 from absl import logging
 
 from train import checkpoints
-
-if TYPE_CHECKING:  # train.state imports train.config, which must come first (a cycle)
-    from train.state import TrainState
+from train import state as state_lib
 
 
 class TrainingDivergedError(RuntimeError):
@@ -32,7 +30,7 @@ class TrainingDivergedError(RuntimeError):
     checkpoints written before are intact."""
 
 
-def float_variables(state: "TrainState") -> List[tf.Variable]:
+def float_variables(state: state_lib.TrainState) -> List[tf.Variable]:
     """Every floating-point variable a checkpoint of ``state`` holds (model, optimizer slots,
     EMA shadows, best top-1): what must be finite before it is saved or evaluated."""
     seen, out = set(), []
@@ -49,7 +47,7 @@ def float_variables(state: "TrainState") -> List[tf.Variable]:
 class LossGuard:
     """Checks each loop of train steps; restores the last good checkpoint or raises."""
 
-    def __init__(self, state: "TrainState", store: checkpoints.CheckpointStore, *,
+    def __init__(self, state: state_lib.TrainState, store: checkpoints.CheckpointStore, *,
                  loss_upper_bound: float, max_trials: int, begin_steps: int, loss_scaled: bool):
         self.state, self.store = state, store
         self.loss_upper_bound, self.max_trials, self.begin_steps = (
