@@ -9,7 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from train import checkpoints, recovery
 from train_helpers import ROOT, SMALL, check_ok, checkpoint_tensors, env, read_json
 
 LAUNCHER = os.path.join(ROOT, "tests", "nan_launcher.py")
@@ -88,10 +90,6 @@ def test_a_permanent_nan_stops_after_the_trials_and_keeps_the_checkpoints(digits
 def test_guard_decisions_follow_model_gardens_rules(tmp_path):
     """-1 checks nothing; the bound applies from recovery_begin_steps, a non-finite loss always;
     with float16 loss scaling a non-finite loss with finite weights was a skipped step."""
-    import tensorflow as tf
-
-    from train import checkpoints, recovery
-
     class State:  # what LossGuard reads of a TrainState
         def __init__(self):
             self.model = type("M", (), {"weights": [tf.Variable([1.0, 2.0])]})()
