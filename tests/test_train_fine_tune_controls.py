@@ -5,9 +5,15 @@ validation."""
 import os
 import shutil
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+import efficientnet_tf
+from efficientnet_tf import spec
+from train import checkpoints, fine_tune, main, recovery
+from train import config as config_lib
 from train_helpers import SMALL, check_ok, checkpoint_tensors, run_main
 
 TINY = [f"--model_name={SMALL}", "--image_size=16", "--config=data.eval_image_size=16",
@@ -22,10 +28,6 @@ CLASSIFIER = "predictions"  # efficientnet_tf.spec.CLASSIFIER (checked below)
 
 def layer_weights(path, classes=10):
     """{'<layer>/<variable>': value} of the trainer's checkpoint ``path`` (raw weights)."""
-    import tensorflow as tf
-
-    import efficientnet_tf
-
     model = efficientnet_tf.build_model(SMALL, classes=classes, classifier_activation=None)
     tf.train.Checkpoint(model=model).read(path).expect_partial()
     return {f"{layer.name}/{var.name}": var.numpy() for layer in model.layers
@@ -48,8 +50,6 @@ def frozen_run(digits_dir, tmp_path_factory):
 def test_backbone_stays_bit_identical_until_step_n_then_trains(frozen_run):
     """12 steps, --freeze_backbone_steps=6: at step 6 every backbone weight and BN moving
     statistic equals step 0 while the classifier moved; at step 12 the backbone moved too."""
-    from efficientnet_tf import spec
-
     assert spec.CLASSIFIER == CLASSIFIER
     model_dir, proc = frozen_run
     assert ("Backbone frozen until step 6 (--freeze_backbone_steps): training the classifier "
@@ -97,11 +97,6 @@ def test_resume_across_the_freeze_boundary_ends_like_the_uninterrupted_run(froze
 
 
 def test_freeze_trains_the_classifier_only_and_restores_each_layers_own_trainable():
-    import keras
-
-    import efficientnet_tf
-    from train import fine_tune
-
     model = efficientnet_tf.build_model(SMALL, classes=3, input_shape=(16, 16, 3))
     model.get_layer("stem_bn").trainable = False  # as model.freeze_bn sets it
     everything = len(model.trainable_variables)
@@ -122,11 +117,6 @@ def test_freeze_trains_the_classifier_only_and_restores_each_layers_own_trainabl
 def test_backbone_only_init_keeps_the_fresh_classifier_even_when_classes_match(capsys):
     """--init_checkpoint_modules=backbone: every layer but the classifier (weights and BN
     statistics) equals the source, the classifier equals a fresh init with the same seed."""
-    import keras
-
-    import efficientnet_tf
-    from train import fine_tune
-
     def build(seed):
         keras.utils.set_random_seed(seed)
         return efficientnet_tf.build_model(SMALL, classes=10, input_shape=(16, 16, 3))
@@ -155,22 +145,20 @@ def test_backbone_only_init_keeps_the_fresh_classifier_even_when_classes_match(c
     ({"freeze_backbone_steps": -2}, "--freeze_backbone_steps (train.freeze_backbone_steps)=-2 is "
                                     "not valid; valid values: 0 (off), N > 0"),
     ({"recovery_max_trials": -3}, "--recovery_max_trials (runtime.recovery_max_trials)=-3 is not "
-                                  "valid; valid values: -1 (no checks)"),
+                                  "valid; valid values: -1 (off, the default), 0 (stop"),
     ({"loss_upper_bound": float("nan")}, "--loss_upper_bound (runtime.loss_upper_bound)=nan must"),
     ({"recovery_begin_steps": -1}, "--recovery_begin_steps (runtime.recovery_begin_steps)=-1 must"),
 ])
 def test_bad_values_name_the_flag_and_the_valid_ones(flags, message):
-    from train import main
-
     with pytest.raises(ValueError) as err:
         main.resolve_config(flags, [])
     assert message in str(err.value)
 
 
-def test_defaults_keep_todays_behaviour_and_are_recorded():
-    from train import config as config_lib
-    from train import main
-
+def test_defaults_are_off_and_the_default_run_pays_no_state_check(tmp_path):
+    """Existing runs do not change (#22): nothing frozen, all weights initialised, and the
+    divergence guard off (-1, where Model Garden's default is 0): it neither judges a NaN loss
+    nor reduces over the variables before a save. Explicit values are recorded."""
     cfg = main.resolve_config({"init_weights": "imagenet", "init_checkpoint_modules": "backbone",
                                "freeze_backbone_steps": 100, "recovery_max_trials": 3}, [])
     assert "init_checkpoint_modules: backbone" in config_lib.to_yaml(cfg)
@@ -178,6 +166,22 @@ def test_defaults_keep_todays_behaviour_and_are_recorded():
     assert "recovery_max_trials: 3" in config_lib.to_yaml(cfg)
     default = config_lib.Config()
     assert (default.model.init_checkpoint_modules, default.train.freeze_backbone_steps) == ("all", 0)
-    # TF Model Garden's TrainerConfig defaults (official/core/config_definitions.py)
-    assert (default.runtime.loss_upper_bound, default.runtime.recovery_begin_steps,
-            default.runtime.recovery_max_trials) == (1e6, 0, 0)
+    r = default.runtime
+    assert (r.loss_upper_bound, r.recovery_begin_steps, r.recovery_max_trials) == (1e6, 0, -1)
+
+    class NanState:  # what LossGuard would read of a TrainState, already diverged
+        model = type("M", (), {"weights": [tf.Variable([float("nan")])]})()
+        optimizer = type("O", (), {"variables": []})()
+        ema_shadows, best_top1 = [], tf.Variable(-1.0)
+
+    guard = recovery.LossGuard(NanState(), checkpoints.CheckpointStore(str(tmp_path)),
+                               loss_upper_bound=r.loss_upper_bound, max_trials=r.recovery_max_trials,
+                               begin_steps=r.recovery_begin_steps, loss_scaled=True)
+    assert not guard.enabled
+
+    def reduce_over_the_variables():
+        raise AssertionError("the default run checked the state")
+
+    guard.state_is_finite = reduce_over_the_variables
+    assert guard.problem(float("nan"), 8) is None and guard.problem(None, 8) is None
+    assert guard.state_problem(2.5) is None

@@ -9,7 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from train import checkpoints, loop, recovery
+from train import config as config_lib
+from train import plan as plan_lib
 from train_helpers import ROOT, SMALL, check_ok, checkpoint_tensors, env, read_json
 
 LAUNCHER = os.path.join(ROOT, "tests", "nan_launcher.py")
@@ -88,10 +92,6 @@ def test_a_permanent_nan_stops_after_the_trials_and_keeps_the_checkpoints(digits
 def test_guard_decisions_follow_model_gardens_rules(tmp_path):
     """-1 checks nothing; the bound applies from recovery_begin_steps, a non-finite loss always;
     with float16 loss scaling a non-finite loss with finite weights was a skipped step."""
-    import tensorflow as tf
-
-    from train import checkpoints, recovery
-
     class State:  # what LossGuard reads of a TrainState
         def __init__(self):
             self.model = type("M", (), {"weights": [tf.Variable([1.0, 2.0])]})()
@@ -120,3 +120,34 @@ def test_guard_decisions_follow_model_gardens_rules(tmp_path):
                        "over steps 5-8\\) with no recovery left \\(runtime.recovery_max_trials=0, "
                        "0 used\\)"):
         bad.recover("loss nan", 4, 8)
+
+
+def test_an_iterator_made_after_a_recovery_does_not_replay_the_trained_batches(digits_dir,
+                                                                               tmp_path):
+    """A recovery that goes back a stage makes a new iterator for steps trained before: it must
+    not read the saved input position (which would replay the batches after it, the bad ones
+    among them) nor reuse a seed. Without a recovery the saved position is read (a resume)."""
+    cfg = config_lib.apply(config_lib.Config(), {
+        "model.name": SMALL, "data.image_size": 16, "data.data_dir": digits_dir,
+        "train.batch_size": 8, "train.steps": 16, "data.seed": 3, "data.deterministic": True,
+        "data.shuffle_buffer_size": 64})
+    config_lib.validate(cfg)
+    plan = plan_lib.make_plan(cfg, "train")
+    store = checkpoints.CheckpointStore(str(tmp_path))
+    inputs = loop.TrainInput(cfg, tf.distribute.get_strategy(), store, plan)
+    assert inputs.checkpointed
+    stage = plan.stages[0]
+
+    def images(iterator, count):
+        return [next(iterator)[0].numpy() for _ in range(count)]
+
+    first = inputs.iterator(stage, 0)
+    trained = images(first, 2)
+    tf.train.Checkpoint(iterator=first).write(store.input_path(2))  # as ckpt-2 saves it
+    trained += images(first, 4)
+    np.testing.assert_array_equal(images(inputs.iterator(stage, 2), 1)[0], trained[2])
+    for step, recoveries in ((2, 1), (0, 1), (2, 2)):  # (0: back to ckpt-0)
+        after = images(inputs.iterator(stage, step, recovery=recoveries), 4)
+        for batch in after:
+            assert not any(np.array_equal(batch, old) for old in trained)
+        trained += after

@@ -23,13 +23,15 @@ import yaml
 import efficientnet_tf
 from efficientnet_tf.preprocessing import RESIZE_METHODS
 from train import augment, optimizers
-from train import fine_tune  # INIT_MODULES (a module: fine_tune imports this one)
 from train.distribute import PRECISIONS
 from train.preprocessing import CROP_RULES
 from train.schedules import DECAY_TYPES
 
 DIGITS = "sklearn_digits"  # the embedded default dataset (train/digits_dataset.py)
 MODES = ("train", "eval", "train_and_eval")
+# --init_checkpoint_modules (TF Model Garden official/vision/configs/image_classification.py
+# ImageClassificationTask.init_checkpoint_modules: 'all' or 'backbone'), used by train/fine_tune.py.
+INIT_MODULES = ("all", "backbone")
 # The other choice lists live with the code that implements them (validate imports them).
 
 
@@ -134,10 +136,11 @@ class RuntimeConfig:
     checkpoint_input: bool = True  # save the input pipeline's position (single replica only)
     log_every_steps: int = 100
     progress_bar: bool = True
-    # #22 divergence checks per loop (train/recovery.py; TF Model Garden TrainerConfig defaults):
+    # #22 divergence checks per loop (train/recovery.py; TF Model Garden TrainerConfig names and
+    # meanings; the default -1 is ours, not its 0: existing runs keep today's behaviour):
     loss_upper_bound: float = 1e6  # a larger mean loss is divergence (from recovery_begin_steps)
     recovery_begin_steps: int = 0
-    recovery_max_trials: int = 0  # -1: no checks; 0: stop at the first divergence; N: restore N times
+    recovery_max_trials: int = -1  # -1: off; 0: stop at the first divergence; N: restore N times
 
 
 @dataclasses.dataclass
@@ -328,6 +331,14 @@ def load(path: str) -> Config:
 # ------------------------------------------------------------------------------ checks
 
 
+def check_init_modules(modules: str) -> None:
+    """Raises ValueError naming the flag and the valid values unless ``modules`` is one of
+    INIT_MODULES (config validation and train/fine_tune.py share this message)."""
+    if modules not in INIT_MODULES:
+        raise ValueError(f"--init_checkpoint_modules (model.init_checkpoint_modules)={modules!r} "
+                         f"is not valid; valid values: {', '.join(INIT_MODULES)}")
+
+
 def _check_choice(key, value, choices, allow_none=False):
     if value is None and allow_none:
         return
@@ -417,10 +428,7 @@ def validate(config: Config) -> None:
     _check_range("runtime.keep_checkpoint_max", r.keep_checkpoint_max, 1)
     _check_range("runtime.log_every_steps", r.log_every_steps, 1)
     # --- #22: fine-tuning controls and recovery (errors name the flag and the key)
-    if m.init_checkpoint_modules not in fine_tune.INIT_MODULES:
-        raise ValueError(f"--init_checkpoint_modules (model.init_checkpoint_modules)="
-                         f"{m.init_checkpoint_modules!r} is not valid; valid values: "
-                         f"{', '.join(fine_tune.INIT_MODULES)}")
+    check_init_modules(m.init_checkpoint_modules)
     if m.init_checkpoint_modules != "all" and not m.init_weights:
         raise ValueError(f"--init_checkpoint_modules={m.init_checkpoint_modules} needs "
                          "--init_weights (model.init_weights): there is nothing to initialise from")
@@ -436,5 +444,5 @@ def validate(config: Config) -> None:
                          f"{r.recovery_begin_steps} must be >= 0")
     if r.recovery_max_trials < -1:
         raise ValueError(f"--recovery_max_trials (runtime.recovery_max_trials)="
-                         f"{r.recovery_max_trials} is not valid; valid values: -1 (no checks), "
-                         "0 (stop at the first divergence), N > 0 (restore up to N times)")
+                         f"{r.recovery_max_trials} is not valid; valid values: -1 (off, the "
+                         "default), 0 (stop at the first divergence), N > 0 (restore up to N times)")

@@ -23,9 +23,6 @@ from train import config as config_lib
 # Layers whose weights may be left out when the class count differs; every other layer is
 # the backbone (--init_checkpoint_modules=backbone, --freeze_backbone_steps).
 HEAD_LAYERS = (spec.CLASSIFIER,)
-# --init_checkpoint_modules (TF Model Garden official/vision/configs/image_classification.py
-# ImageClassificationTask.init_checkpoint_modules: 'all' or 'backbone').
-INIT_MODULES = ("all", "backbone")
 
 
 def ema_variables(model: keras.Model):
@@ -69,9 +66,9 @@ def float32_policy():
 def load_init_weights(model: keras.Model, source, modules: str = "all"):
     """Copies ``source`` into ``model``; only the classifier may be missing or mis-shaped.
     ``modules='backbone'`` copies every layer but the classifier, which keeps the values it
-    has (its fresh initialisation). Raises ValueError when anything else does not fit."""
-    if modules not in INIT_MODULES:
-        raise ValueError(f"--init_checkpoint_modules={modules!r}; valid: {', '.join(INIT_MODULES)}")
+    has (its fresh initialisation); ``modules`` is one of config.INIT_MODULES. Raises
+    ValueError when anything else does not fit, or for another ``modules``."""
+    config_lib.check_init_modules(modules)
     head = [v for layer in head_layers(model) for v in layer.weights]
     fresh = [v.numpy() for v in head] if modules == "backbone" else None
     report = efficientnet_tf.load_weights(model, source, strict=False)

@@ -137,6 +137,7 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
         loss_scaled=isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer))
     freeze = fine_tune.BackboneFreeze(state.model, cfg.train.freeze_backbone_steps)
     compiled = {}  # frozen or not -> its train steps (each traced over its trainable variables)
+    reached = step  # the furthest step trained: a recovery retrains the steps before it
     with preemption.StopRequest(strategy, distribute.is_multi_worker()) as stop:
         while step < total_steps:
             if freeze.apply(step):
@@ -145,8 +146,11 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
                 compiled[freeze.frozen] = _train_steps(cfg, plan, strategy, state, jit, stop)
             train_steps = compiled[freeze.frozen]
             current = recipes.stage_at(plan.stages, step)
-            if current != stage:
-                stage, iterator = current, inputs.iterator(current, step)
+            if current != stage:  # after a recovery in the same stage the iterator is kept
+                # Steps before `reached` were trained once (then restored): a new order, not
+                # the saved position or seed that would replay the batches that diverged.
+                stage, iterator = current, inputs.iterator(
+                    current, step, recovery=guard.trials if step < reached else 0)
             epoch = step // steps_per_epoch
             next_eval = (step // eval_every + 1) * eval_every
             num = min(runtime.steps_per_loop, stage.end_step - step, next_eval - step,
@@ -160,6 +164,7 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
             # Fewer than `num` when float16 loss scaling skipped non-finite steps (not
             # counted), or when a signal stopped the loop.
             step = state.step
+            reached = max(reached, step)
             loss = float(totals[0] / totals[2]) if totals[2] else None
             if totals[2]:
                 reporter.train(step, previous, epoch, total_steps, steps_per_epoch, {
@@ -169,7 +174,8 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
                     inputs.corrupt, runtime.log_every_steps)
             # Checked per loop (the mean loss of its steps), before anything is evaluated or
             # saved: a diverged state is replaced by the last good checkpoint, or the run stops.
-            # The iterator is not rewound: training goes on with the batches after the bad loop.
+            # The iterator is not rewound: training goes on with the batches after the bad loop
+            # (TrainInput.iterator: none is replayed when the restore goes back a stage).
             evaluate = mode == "train_and_eval" and step > previous and (
                 step // eval_every > previous // eval_every or step == total_steps)
             save = (evaluate or step == total_steps or step == stage.end_step
@@ -249,8 +255,11 @@ class TrainInput:
         """What store.save records of ``iterator`` (None when positions are not kept)."""
         return iterator if self.checkpointed else None
 
-    def iterator(self, stage: recipes.Stage, step: int):
-        """A fresh iterator of ``stage`` at ``step``, at the saved position when there is one."""
+    def iterator(self, stage: recipes.Stage, step: int, recovery: int = 0):
+        """A fresh iterator of ``stage`` at ``step``, at the saved position when there is one.
+        ``recovery`` > 0 (the number of recoveries so far), when the steps from ``step`` on
+        were trained before a recovery restored an earlier checkpoint: no saved position, and a
+        seed no earlier iterator of the run used (a new order, not a replay of those batches)."""
         stages = self.plan.stages
         if len(stages) > 1:
             print(f"Stage {stage.index + 1}/{len(stages)}: steps {stage.start_step}-"
@@ -258,14 +267,19 @@ class TrainInput:
                   f"{stage.randaug_magnitude:g}, mixup {stage.mixup_alpha:g}, cutmix "
                   f"{stage.cutmix_alpha:g}", flush=True)
         seed = self.cfg.data.seed
-        if seed is not None and step and not self.checkpointed:
+        if recovery and seed is None and self.cfg.data.deterministic:
+            seed = 0  # what input_pipeline uses for a deterministic pipeline without a seed
+        if seed is not None and recovery:  # this process's iterators used seed + [0, total)
+            seed += step + recovery * self.plan.total_steps
+        elif seed is not None and step and not self.checkpointed:
             seed += step  # resumed without the input state: a new order, not a replay
         spec = plan_lib.train_spec(self.cfg, self.plan, stage, seed)
         iterator = iter(self.strategy.distribute_datasets_from_function(
             lambda ctx: input_pipeline.build_dataset(spec, corrupt_counter=self.corrupt,
                                                      input_context=ctx)))
         # A saved input state belongs to the stage that was running (a new stage starts fresh).
-        if self.checkpointed and step and recipes.stage_at(stages, step - 1) == stage:
+        if (self.checkpointed and step and not recovery
+                and recipes.stage_at(stages, step - 1) == stage):
             path = self.store.input_path(step)
             if tf.io.gfile.exists(path + ".index"):
                 tf.train.Checkpoint(iterator=iterator).read(path).assert_consumed()

@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 import export  # noqa: E402
 from efficientnet_tf import console  # noqa: E402
-from train import augment, checkpoints, distribute, fine_tune, input_pipeline, lock, loop  # noqa: E402
+from train import augment, checkpoints, distribute, input_pipeline, lock, loop  # noqa: E402
 from train import optimizers, recipes, recovery  # noqa: E402
 from train import config as config_lib  # noqa: E402
 
@@ -91,7 +91,7 @@ flags.DEFINE_float("holdout_fraction", None, "Hold out this fraction of the trai
                    "evaluate on it (for datasets without a validation split).")
 # --- #22: fine-tuning controls and recovery (TF Model Garden's names)
 flags.DEFINE_string("init_checkpoint_modules", None, "What --init_weights initialises: "
-                    + " or ".join(fine_tune.INIT_MODULES) + " (every layer but the classifier, "
+                    + " or ".join(config_lib.INIT_MODULES) + " (every layer but the classifier, "
                     "which keeps its fresh initialisation). Default all.")
 flags.DEFINE_integer("freeze_backbone_steps", None, "Freeze the backbone (every layer but the "
                      "classifier, batch norm in inference mode) for the first N steps; -1: the "
@@ -101,7 +101,7 @@ flags.DEFINE_float("loss_upper_bound", None, "A mean train loss above this is di
 flags.DEFINE_integer("recovery_begin_steps", None, "Apply --loss_upper_bound from this step on "
                      "(default 0; a non-finite loss always counts).")
 flags.DEFINE_integer("recovery_max_trials", None, "On divergence restore the last good checkpoint "
-                     "up to N times, then stop with an error; 0 (default): stop at once; -1: no "
+                     "up to N times, then stop with an error; 0: stop at once; -1 (default): no "
                      "checks.")
 
 # flag name -> config key

@@ -8,22 +8,21 @@ Semantics of TF Model Garden's trainer (tensorflow/models official/core/config_d
 ``TrainerConfig``: ``loss_upper_bound`` 1e6, ``recovery_begin_steps`` 0, ``recovery_max_trials``
 0; official/core/base_trainer.py ``Recovery``): max trials < 0 checks nothing, 0 stops the run
 at the first divergence, N > 0 restores up to N times; the bound applies from
-``recovery_begin_steps`` on, a non-finite loss always counts.
+``recovery_begin_steps`` on, a non-finite loss always counts. Our default is -1, not Model
+Garden's 0: a run without the flags behaves as before (no check, nothing computed).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import keras
 import tensorflow as tf
 from absl import logging
 
 from train import checkpoints
-
-if TYPE_CHECKING:  # train.state imports train.config, which must come first (a cycle)
-    from train.state import TrainState
+from train import state as state_lib
 
 
 class TrainingDivergedError(RuntimeError):
@@ -31,7 +30,7 @@ class TrainingDivergedError(RuntimeError):
     checkpoints written before are intact."""
 
 
-def float_variables(state: "TrainState") -> List[tf.Variable]:
+def float_variables(state: state_lib.TrainState) -> List[tf.Variable]:
     """Every floating-point variable a checkpoint of ``state`` holds (model, optimizer slots,
     EMA shadows, best top-1): what must be finite before it is saved or evaluated."""
     seen, out = set(), []
@@ -48,7 +47,7 @@ def float_variables(state: "TrainState") -> List[tf.Variable]:
 class LossGuard:
     """Checks each loop of train steps; restores the last good checkpoint or raises."""
 
-    def __init__(self, state: "TrainState", store: checkpoints.CheckpointStore, *,
+    def __init__(self, state: state_lib.TrainState, store: checkpoints.CheckpointStore, *,
                  loss_upper_bound: float, max_trials: int, begin_steps: int, loss_scaled: bool):
         self.state, self.store = state, store
         self.loss_upper_bound, self.max_trials, self.begin_steps = (
@@ -57,9 +56,11 @@ class LossGuard:
         # a non-finite loss is then divergence only when the state itself turned non-finite.
         self.loss_scaled = loss_scaled
         self.trials = 0
-        self._variables = float_variables(state)
-        self._finite = tf.function(
-            lambda: tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self._variables]))
+        self._finite = None
+        if self.enabled:  # off (the default): not even the list of variables
+            variables = float_variables(state)
+            self._finite = tf.function(
+                lambda: tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
 
     @property
     def enabled(self) -> bool:
