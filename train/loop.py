@@ -127,7 +127,11 @@ def train(cfg: config_lib.Config, mode: str, strategy: tf.distribute.Strategy,
         train_steps = steps_lib.TrainSteps(strategy, state,
                                            label_smoothing=cfg.train.label_smoothing,
                                            weight_decay=cfg.train.weight_decay, jit=jit,
-                                           stop=stop.in_loop)
+                                           stop=stop.in_loop,
+                                           # small memory (#22)
+                                           grad_accum_steps=cfg.train.grad_accum_steps,
+                                           grad_checkpointing=cfg.model.grad_checkpointing,
+                                           batch_size=cfg.train.batch_size)
         while step < total_steps:
             current = recipes.stage_at(plan.stages, step)
             if current != stage:

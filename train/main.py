@@ -72,6 +72,11 @@ flags.DEFINE_string("init_weights", None, "Initial weights: a weights tag (image
                     "anything efficientnet_tf.load_weights accepts, or a model_dir of this trainer; the "
                     "classifier is dropped when the number of classes differs.")
 flags.DEFINE_boolean("skip_corrupt", None, "Skip (and count) undecodable images instead of failing.")
+# Small memory (#22): NVIDIA's and timm's name; timm's set_grad_checkpointing.
+flags.DEFINE_integer("grad_accum_steps", None, "Micro-batches per update: the gradients of "
+                     "train_batch_size / k images at a time, summed, one update (default 1).")
+flags.DEFINE_boolean("grad_checkpointing", None, "Recompute each block's activations in the "
+                     "backward pass instead of storing them (less memory, slower steps).")
 
 # flag name -> config key
 FLAG_KEYS = {
@@ -98,6 +103,8 @@ FLAG_KEYS = {
     "num_classes": "model.num_classes",
     "init_weights": "model.init_weights",
     "skip_corrupt": "data.skip_corrupt",
+    "grad_accum_steps": "train.grad_accum_steps",  # small memory (#22)
+    "grad_checkpointing": "model.grad_checkpointing",
 }
 
 
