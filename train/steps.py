@@ -65,6 +65,12 @@ class TrainSteps:
         check_accumulation(batch_size or grad_accum_steps * strategy.num_replicas_in_sync,
                            strategy.num_replicas_in_sync, grad_accum_steps)
         self.grad_accum_steps = grad_accum_steps
+        # How the micro-batches run: a tf.while_loop (one copy of the step in the graph), or
+        # a Python loop (k copies) where synchronized BN would put a cross-replica reduction
+        # inside the loop body, a merge_call MirroredStrategy rejects (--num_cpu_devices=2).
+        mirrored = isinstance(strategy, (tf.distribute.MirroredStrategy,
+                                         tf.distribute.MultiWorkerMirroredStrategy))
+        self.micro_batch_loop = "python" if mirrored and state.sync_bn else "while_loop"
         self.forward = (recompute.CheckpointedForward(state.model) if grad_checkpointing
                         else state.model)
         self.step = tf.function(self._step, jit_compile=jit)
@@ -113,12 +119,7 @@ class TrainSteps:
 
     def _accumulated_gradients(self, images, labels):
         """The gradients of the whole replica batch's loss as the sum over k micro-batches,
-        one micro-batch's activations alive at a time, and the summed metrics.
-
-        The micro-batches are a Python loop (k copies in the traced graph), each starting
-        after the previous one's gradients exist, not a tf.while_loop: synchronized BN's
-        cross-replica reduction inside a while_loop body is a ``merge_call`` MirroredStrategy
-        rejects (found with --num_cpu_devices=2)."""
+        one micro-batch's activations alive at a time, and the summed metrics."""
         k, state = self.grad_accum_steps, self.state
         optimizer, trainable = state.optimizer, state.model.trainable_variables
         replicas = self.strategy.num_replicas_in_sync
@@ -129,25 +130,33 @@ class TrainSteps:
         # to the gradient of the large batch's mean (and the learning rate stays the batch's).
         global_batch = tf.shape(images)[0] * tf.shape(images)[1] * replicas
 
-        with tf.GradientTape() as tape:  # the L2 term once per update, not per micro-batch
-            regularization = self._regularization()
-            scaled = None if regularization is None else optimizer.scale_loss(regularization)
-        grads = tape.gradient(scaled, trainable) if scaled is not None else [None] * len(trainable)
-        sums = [tf.zeros(v.shape, v.dtype) if g is None else tf.convert_to_tensor(g)
-                for v, g in zip(trainable, grads)]
-        metrics = tf.zeros([3])
-        for i in range(k):
-            with tf.control_dependencies(sums):  # after the previous micro-batch's backward
-                micro_images, micro_labels = tf.identity(images[i]), tf.identity(labels[i])
+        def micro_step(i, sums, metrics):
             with tf.GradientTape() as tape:
-                logits = tf.cast(self.forward(micro_images, training=True), tf.float32)
-                per_example = self._per_example_loss(micro_labels, logits)
+                logits = tf.cast(self.forward(images[i], training=True), tf.float32)
+                per_example = self._per_example_loss(labels[i], logits)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 scaled = optimizer.scale_loss(loss)
             grads = tape.gradient(scaled, trainable)
             sums = [s if g is None else s + tf.convert_to_tensor(g) for s, g in zip(sums, grads)]
-            metrics += self._metrics(micro_labels, logits, per_example)
-        return sums, metrics
+            return i + 1, sums, metrics + self._metrics(labels[i], logits, per_example)
+
+        with tf.GradientTape() as tape:  # the L2 term once per update, not per micro-batch
+            regularization = self._regularization()
+            scaled = None if regularization is None else optimizer.scale_loss(regularization)
+        grads = tape.gradient(scaled, trainable) if scaled is not None else [None] * len(trainable)
+        carry = (tf.constant(0), [tf.zeros(v.shape, v.dtype) if g is None else
+                                  tf.convert_to_tensor(g) for v, g in zip(trainable, grads)],
+                 tf.zeros([3]))
+        if self.micro_batch_loop == "while_loop":
+            # parallel_iterations=1: the next micro-batch starts when this one's gradients
+            # exist, so one micro-batch's activations are alive at a time.
+            carry = tf.while_loop(lambda i, *_: i < k, micro_step, carry, parallel_iterations=1)
+        else:
+            for _ in range(k):
+                with tf.control_dependencies(carry[1]):  # after the previous backward
+                    carry = (tf.identity(carry[0]), *carry[1:])
+                carry = micro_step(*carry)
+        return carry[1], carry[2]
 
     def _step(self, images, labels):
         return self.strategy.reduce("SUM", self.strategy.run(self._replica, (images, labels)),
