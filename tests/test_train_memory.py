@@ -20,13 +20,13 @@ from train import steps as steps_lib
 from train_helpers import ROOT, SMALL, check_ok, env, read_json, run_main
 
 
-def _state(seed=0, **overrides):
+def _state(seed=0, precision="float32", **overrides):
     cfg = config_lib.apply(config_lib.Config(), {
         "model.name": SMALL, "train.batch_size": 32, "train.steps": 10,
         "model.freeze_bn": True, "model.dropout_rate": 0.0, "model.drop_connect_rate": 0.0,
         "train.lr_warmup_epochs": 0.0, "train.moving_average_decay": 0.99, **overrides})
     keras.utils.set_random_seed(seed)
-    return state_lib.build(cfg, tf.distribute.get_strategy(), num_classes=10, precision="float32",
+    return state_lib.build(cfg, tf.distribute.get_strategy(), num_classes=10, precision=precision,
                            total_steps=10, steps_per_epoch=10.0)
 
 
@@ -43,9 +43,9 @@ def _relative(got, want, start):
     return float(np.sqrt(num / den))
 
 
-def _one_step(images, labels, k, loop=None):
+def _one_step(images, labels, k, loop=None, precision="float32"):
     """One TrainSteps update of a fresh (seeded) state: {step, totals, weights, ema, start}."""
-    state = _state()
+    state = _state(precision=precision)
     out = {"start": [v.numpy() for v in state.model.weights],
            "ema_start": [v.numpy() for v in state.ema_shadows],
            "trainable": len(state.model.trainable_variables)}
@@ -78,6 +78,24 @@ def test_accumulation_4x8_equals_one_step_of_32():
         # measured ~1e-6 (float summation order)
         assert _relative(got["weights"], want["weights"], want["start"]) < 1e-3, loop
         assert _relative(got["ema"], want["ema"], want["ema_start"]) < 1e-3, loop
+
+
+# float16 on CPU: slow kernels and two more traces; the float32 test above is the fast check.
+@pytest.mark.slow
+def test_accumulation_under_float16_loss_scaling():
+    """mixed_float16 with LossScaleOptimizer: the micro-batches' scaled gradients summed,
+    unscaled and checked once give the large batch's update."""
+    images, labels = _batch()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        want = _one_step(images, labels, 1, precision="mixed_float16")
+        got = _one_step(images, labels, 4, precision="mixed_float16")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert got["step"] == want["step"] == 1
+    np.testing.assert_allclose(got["totals"], want["totals"], rtol=1e-2)
+    assert _relative(got["weights"], want["weights"], want["start"]) < 2e-2  # float16 activations
 
 
 def test_accumulation_flags_are_validated_before_work():
