@@ -60,6 +60,7 @@ def _one_step(images, labels, k, loop=None, precision="float32"):
     return out
 
 
+@pytest.mark.integration  # traces three train steps: over the fast tier's ~5 s
 def test_accumulation_4x8_equals_one_step_of_32():
     """One update from 4 micro-batches of 8 is the update of the batch of 32 (BN frozen: its
     batch statistics would differ): weights, EMA shadows, step counter and metrics; the L2
@@ -80,8 +81,7 @@ def test_accumulation_4x8_equals_one_step_of_32():
         assert _relative(got["ema"], want["ema"], want["ema_start"]) < 1e-3, loop
 
 
-# float16 on CPU: slow kernels and two more traces; the float32 test above is the fast check.
-@pytest.mark.slow
+@pytest.mark.integration
 def test_accumulation_under_float16_loss_scaling():
     """mixed_float16 with LossScaleOptimizer: the micro-batches' scaled gradients summed,
     unscaled and checked once give the large batch's update."""
@@ -122,7 +122,8 @@ def test_accumulation_flags_are_validated_before_work():
     assert defaults.train.grad_accum_steps == 1 and defaults.model.grad_checkpointing is False
 
 
-@pytest.mark.parametrize("batchnorm", ["fused", "keras"])
+@pytest.mark.parametrize("batchnorm", [pytest.param("fused", marks=pytest.mark.integration),
+                                       "keras"])
 def test_recompute_gives_the_plain_gradients_and_bn_statistics(batchnorm):
     """B0 with drop-connect on: the checkpointed forward's gradients, loss and BN moving
     statistics after the step equal the plain model's (the recomputation draws the forward's
