@@ -65,8 +65,8 @@ def test_accumulation_4x8_equals_one_step_of_32():
     """One update from 4 micro-batches of 8 is the update of the batch of 32 (BN frozen: its
     batch statistics would differ): weights, EMA shadows, step counter and metrics; the L2
     term and label smoothing included (the trainer's defaults). Both micro-batch loops: the
-    tf.while_loop, and (2 x 16, to keep the traced graph small) the Python loop that
-    MirroredStrategy with synchronized BN gets."""
+    tf.while_loop, and (2 x 16, to keep the traced graph small) the Python loop that the
+    mirrored strategies get."""
     images, labels = _batch()
     want = _one_step(images, labels, 1)
     moved = [not np.array_equal(w, s) for w, s in zip(want["weights"], want["start"])]
@@ -189,6 +189,22 @@ def test_train_main_with_accumulation_and_checkpointing(digits_dir, tmp_path):
         written = f.read()
     assert "grad_accum_steps: 2" in written and "grad_checkpointing: true" in written
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-3"), proc.stdout[-2000:]
+
+
+# Two logical CPUs trace the step once per replica and micro-batch (measured 5 min of wall
+# time on a loaded 2-core machine): slow tier. Covers the Python micro-batch loop with
+# synchronized BN and the recomputation under MirroredStrategy.
+@pytest.mark.slow
+def test_train_main_with_accumulation_and_checkpointing_on_two_replicas(digits_dir, tmp_path):
+    model_dir = str(tmp_path / "run")
+    check_ok(run_main(
+        f"--model_dir={model_dir}", f"--data_dir={digits_dir}", f"--model_name={SMALL}",
+        "--image_size=16", "--train_batch_size=8", "--train_steps=2", "--mode=train",
+        "--grad_accum_steps=2", "--grad_checkpointing", "--num_cpu_devices=2",
+        "--config=runtime.steps_per_loop=2"))
+    info = read_json(model_dir, "run_info.json")
+    assert (info["strategy"], info["replicas"], info["sync_bn"]) == ("MirroredStrategy", 2, True)
+    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-2")
 
 
 # Builds and trains B4 at 224 px in two processes (minutes on 2 cores): the figure in

@@ -66,11 +66,12 @@ class TrainSteps:
                            strategy.num_replicas_in_sync, grad_accum_steps)
         self.grad_accum_steps = grad_accum_steps
         # How the micro-batches run: a tf.while_loop (one copy of the step in the graph), or
-        # a Python loop (k copies) where synchronized BN would put a cross-replica reduction
-        # inside the loop body, a merge_call MirroredStrategy rejects (--num_cpu_devices=2).
+        # under the mirrored strategies a Python loop (k copies): there synchronized BN's
+        # cross-replica reduction inside a loop body is a merge_call they reject (found with
+        # --num_cpu_devices=2).
         mirrored = isinstance(strategy, (tf.distribute.MirroredStrategy,
                                          tf.distribute.MultiWorkerMirroredStrategy))
-        self.micro_batch_loop = "python" if mirrored and state.sync_bn else "while_loop"
+        self.micro_batch_loop = "python" if mirrored else "while_loop"
         self.forward = (recompute.CheckpointedForward(state.model) if grad_checkpointing
                         else state.model)
         self.step = tf.function(self._step, jit_compile=jit)
