@@ -2,6 +2,7 @@
 update; gradient checkpointing (model.grad_checkpointing, efficientnet_tf/recompute.py) gives the
 plain forward's gradients and BN statistics; both run in a real trainer process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from efficientnet_tf import fast, recompute, testing
-from efficientnet_tf.spec import model_spec
+from efficientnet_tf.spec import STEM_BN, STEM_CONV, model_spec
 from train import config as config_lib
 from train import main as train_main
 from train import state as state_lib
@@ -20,9 +21,9 @@ from train import steps as steps_lib
 from train_helpers import ROOT, SMALL, check_ok, env, read_json, run_main
 
 
-def _state(seed=0, precision="float32", **overrides):
+def _state(seed=0, precision="float32", batch_size=32, **overrides):
     cfg = config_lib.apply(config_lib.Config(), {
-        "model.name": SMALL, "train.batch_size": 32, "train.steps": 10,
+        "model.name": SMALL, "train.batch_size": batch_size, "train.steps": 10,
         "model.freeze_bn": True, "model.dropout_rate": 0.0, "model.drop_connect_rate": 0.0,
         "train.lr_warmup_epochs": 0.0, "train.moving_average_decay": 0.99, **overrides})
     keras.utils.set_random_seed(seed)
@@ -98,6 +99,30 @@ def test_accumulation_under_float16_loss_scaling():
     assert _relative(got["weights"], want["weights"], want["start"]) < 2e-2  # float16 activations
 
 
+@pytest.mark.integration  # traces a train step
+def test_accumulation_updates_bn_statistics_once_per_micro_batch():
+    """What docs/training.md says of BN under accumulation: each micro-batch is normalized
+    with its own statistics and moves the moving statistics, k times per update."""
+    momentum, k = 0.5, 2
+    state = _state(batch_size=8, **{"model.freeze_bn": False, "model.bn_momentum": momentum})
+    model = state.model
+    images, labels = _batch(8, 16)
+    stem = keras.Model(model.input, model.get_layer(STEM_CONV).output)  # the stem BN's input
+    means = [np.mean(stem(part).numpy(), axis=(0, 1, 2)) for part in np.split(images.numpy(), k)]
+    bn = model.get_layer(STEM_BN)
+    start = bn.moving_mean.numpy()
+    train = steps_lib.TrainSteps(tf.distribute.get_strategy(), state, label_smoothing=0.1,
+                                 weight_decay=1e-5, jit=False, grad_accum_steps=k, batch_size=8)
+    train.step(images, labels)
+    want = start
+    for mean in means:  # one moving-average update per micro-batch
+        want = momentum * want + (1 - momentum) * mean
+    np.testing.assert_allclose(bn.moving_mean.numpy(), want, rtol=1e-4, atol=1e-5)
+    whole = momentum * start + (1 - momentum) * np.mean(means, axis=0)  # one update of 8
+    assert not np.allclose(bn.moving_mean.numpy(), whole, rtol=1e-3, atol=1e-4)
+    assert state.step == 1
+
+
 def test_accumulation_flags_are_validated_before_work():
     cfg = config_lib.apply(config_lib.Config(), {"train.grad_accum_steps": 0})
     with pytest.raises(ValueError, match=r"train.grad_accum_steps \(--grad_accum_steps\)=0 must be >= 1"):
@@ -118,6 +143,9 @@ def test_accumulation_flags_are_validated_before_work():
     cfg = train_main.resolve_config({"train_batch_size": 8, "grad_accum_steps": 2,
                                      "grad_checkpointing": True}, [])
     assert cfg.train.grad_accum_steps == 2 and cfg.model.grad_checkpointing is True
+    with pytest.raises(ValueError, match=r"=8 does not divide the per-replica batch"):
+        train_main.check_run(train_main.resolve_config(
+            {"train_batch_size": 8, "grad_accum_steps": 8}, []), "train", "unused", None, None, 2)
     defaults = config_lib.Config()
     assert defaults.train.grad_accum_steps == 1 and defaults.model.grad_checkpointing is False
 
@@ -216,8 +244,6 @@ def test_checkpointing_lowers_peak_memory_on_b4(tmp_path):
                            "--cases=plain,grad_checkpointing", f"--output={output}"],
                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=1800)
     check_ok(proc)
-    import json
-
     with open(output) as f:
         results = json.load(f)["results"]
     plain, checkpointed = results["plain"], results["grad_checkpointing"]

@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 import export  # noqa: E402
 from efficientnet_tf import console  # noqa: E402
 from train import augment, checkpoints, distribute, input_pipeline, lock, loop, recipes  # noqa: E402
+from train import steps  # noqa: E402  (small memory, #22)
 from train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -160,6 +161,10 @@ def check_run(cfg: config_lib.Config, mode: str, model_dir: Optional[str],
     """Invalid combinations of run flags and config, found before any work starts."""
 
     distribute.check_request(tpu, num_cpu_devices)
+    # Small memory (#22): the per-replica batch, where the flags say how many replicas there are.
+    k, batch = cfg.train.grad_accum_steps, cfg.train.batch_size
+    if num_cpu_devices > 1 and k > 1 and batch % num_cpu_devices == 0:
+        steps.check_accumulation(batch, num_cpu_devices, k)
     if mode == "eval" and cfg.model.init_weights is None and not _has_checkpoint(model_dir):
         raise ValueError(f"--mode=eval needs a checkpoint in --model_dir={model_dir} or "
                          "--init_weights to evaluate")
