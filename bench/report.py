@@ -6,7 +6,8 @@
 Run after bench.inference, bench.train and bench.input (and bench.stages, whose tables it adds
 when present). Every figure on the page comes from bench/results/*.json.
     (python -m bench.report also writes docs/export.md's "which format for which runtime"
-    table, between its generated-block markers, from inference_deploy.json and quantization.json)
+    table, between its generated-block markers, from inference_deploy.json and quantization.json,
+    and docs/training.md's "Small memory" table from grad_checkpointing.json)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 
 from bench import common
+from bench.grad_checkpointing import table as memory_table
 from bench.inference import goals_table, rows_table
 from bench.stages import stages_table
 from bench.workers import SETS
@@ -207,11 +209,31 @@ def with_deploy_table(text: str) -> str:
     return text[:start] + "\n" + deploy_section() + "\n" + text[end:]
 
 
+# Small memory (#22): docs/training.md's table from bench.grad_checkpointing.
+TRAINING_PAGE = os.path.join(common.REPO_ROOT, "docs", "training.md")
+MEMORY_START = "<!-- generated: python -m bench.report (bench/results/grad_checkpointing.json) -->"
+
+
+def memory_section() -> str:
+    """The "Small memory" table of docs/training.md (bench.grad_checkpointing)."""
+    result = _load("grad_checkpointing")
+    return (f"`{result['command']}`, load average {result['load_average_start'][0]:.1f}: "
+            + memory_table(dict(result, warning=None)))
+
+
+def with_memory_table(text: str) -> str:
+    start, end = text.index(MEMORY_START) + len(MEMORY_START), text.index(DEPLOY_END, text.index(MEMORY_START))
+    return text[:start] + "\n" + memory_section() + "\n" + text[end:]
+
+
 def generated_pages():
     """{path: the text it should hold} for every generated page."""
     with open(EXPORT_PAGE) as f:
         export_page = f.read()
-    return {PAGE: page(), EXPORT_PAGE: with_deploy_table(export_page)}
+    with open(TRAINING_PAGE) as f:
+        training_page = f.read()
+    return {PAGE: page(), EXPORT_PAGE: with_deploy_table(export_page),
+            TRAINING_PAGE: with_memory_table(training_page)}
 
 
 def main(argv=None):

@@ -47,6 +47,9 @@ class ModelConfig:
     fused_bn: bool = True  # train with TF's fused BN kernel (efficientnet_tf.fast): faster steps
     init_weights: Optional[str] = None  # anything efficientnet_tf.load_weights accepts
     init_checkpoint_modules: str = "all"  # #22: 'backbone': the classifier keeps its fresh init
+    # Small memory (#22): recompute each block's activations in the backward pass (timm
+    # set_grad_checkpointing; efficientnet_tf/recompute.py).
+    grad_checkpointing: bool = False
 
 
 @dataclasses.dataclass
@@ -116,6 +119,9 @@ class TrainConfig:
     layer_decay_groups: str = "stage"  # stage, or block (timm's param_groups_layer_decay)
     # #22: the backbone (all but the classifier) frozen for the first N steps; 0 off, -1 always
     freeze_backbone_steps: int = 0
+    # Small memory (#22): sum the gradients of this many micro-batches of batch_size / k per
+    # update (NVIDIA's and timm's --grad_accum_steps); batch_size stays the batch per update.
+    grad_accum_steps: int = 1
 
 
 @dataclasses.dataclass
@@ -419,6 +425,12 @@ def validate(config: Config) -> None:
     except re.error as err:
         raise ValueError(f"train.weight_decay_exclude={t.weight_decay_exclude!r} is not a "
                          f"regular expression: {err}") from None
+    # Small memory (#22); the per-replica batch is checked when the replicas are known
+    # (train/steps.py check_accumulation).
+    _check_range("train.grad_accum_steps (--grad_accum_steps)", t.grad_accum_steps, 1)
+    if t.batch_size % t.grad_accum_steps:
+        raise ValueError(f"train.grad_accum_steps (--grad_accum_steps)={t.grad_accum_steps} does "
+                         f"not divide train.batch_size (--train_batch_size)={t.batch_size}")
     _check_range("eval.batch_size", e.batch_size, 1)
     _check_range("eval.every_epochs", e.every_epochs, 0, low_open=True)
     _check_choice("runtime.precision", r.precision, PRECISIONS)

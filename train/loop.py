@@ -224,7 +224,10 @@ def _train_steps(cfg: config_lib.Config, plan: plan_lib.RunPlan,
     """The compiled train steps over the model's trainable variables as they are now."""
     return steps_lib.TrainSteps(strategy, state, label_smoothing=cfg.train.label_smoothing,
                                 weight_decay=cfg.train.weight_decay, jit=jit, stop=stop.in_loop,
-                                loss=plan_lib.loss(cfg, plan))
+                                loss=plan_lib.loss(cfg, plan),
+                                grad_accum_steps=cfg.train.grad_accum_steps,
+                                grad_checkpointing=cfg.model.grad_checkpointing,
+                                batch_size=cfg.train.batch_size)
 
 
 def _print_freeze(freeze: fine_tune.BackboneFreeze, step: int) -> None:
@@ -346,6 +349,8 @@ def _devices(cfg: config_lib.Config, strategy: tf.distribute.Strategy) -> Dict[s
         if batch % replicas:
             raise ValueError(f"{name}={batch} is not divisible by the {replicas} replicas of "
                              f"{distribute.strategy_name(strategy)}")
+    # Micro-batches per replica (--grad_accum_steps): known here first on GPUs.
+    steps_lib.check_accumulation(cfg.train.batch_size, replicas, cfg.train.grad_accum_steps)
     if cfg.runtime.seed is not None:
         keras.utils.set_random_seed(cfg.runtime.seed)
     precision = distribute.resolve_precision(cfg.runtime.precision, kind)

@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 import export  # noqa: E402
 from efficientnet_tf import console  # noqa: E402
 from train import augment, checkpoints, distribute, input_pipeline, lock, loop  # noqa: E402
-from train import optimizers, recipes, recovery  # noqa: E402
+from train import optimizers, recipes, recovery, steps  # noqa: E402
 from train import config as config_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -103,6 +103,11 @@ flags.DEFINE_integer("recovery_begin_steps", None, "Apply --loss_upper_bound fro
 flags.DEFINE_integer("recovery_max_trials", None, "On divergence restore the last good checkpoint "
                      "up to N times, then stop with an error; 0: stop at once; -1 (default): no "
                      "checks.")
+# Small memory (#22): NVIDIA's and timm's name; timm's set_grad_checkpointing.
+flags.DEFINE_integer("grad_accum_steps", None, "Micro-batches per update: the gradients of "
+                     "train_batch_size / k images at a time, summed, one update (default 1).")
+flags.DEFINE_boolean("grad_checkpointing", None, "Recompute each block's activations in the "
+                     "backward pass instead of storing them (less memory, slower steps).")
 
 # flag name -> config key
 FLAG_KEYS = {
@@ -143,6 +148,8 @@ FLAG_KEYS = {
     "loss_upper_bound": "runtime.loss_upper_bound",
     "recovery_begin_steps": "runtime.recovery_begin_steps",
     "recovery_max_trials": "runtime.recovery_max_trials",
+    "grad_accum_steps": "train.grad_accum_steps",  # small memory (#22)
+    "grad_checkpointing": "model.grad_checkpointing",
 }
 
 
@@ -207,6 +214,10 @@ def check_run(cfg: config_lib.Config, mode: str, model_dir: Optional[str],
     """Invalid combinations of run flags and config, found before any work starts."""
 
     distribute.check_request(tpu, num_cpu_devices)
+    # Small memory (#22): the per-replica batch, where the flags say how many replicas there are.
+    k, batch = cfg.train.grad_accum_steps, cfg.train.batch_size
+    if num_cpu_devices > 1 and k > 1 and batch % num_cpu_devices == 0:
+        steps.check_accumulation(batch, num_cpu_devices, k)
     if mode == "eval" and cfg.model.init_weights is None and not _has_checkpoint(model_dir):
         raise ValueError(f"--mode=eval needs a checkpoint in --model_dir={model_dir} or "
                          "--init_weights to evaluate")

@@ -18,44 +18,147 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from efficientnet_tf import console
+from efficientnet_tf import console, recompute
 from train import losses
 from train.state import TrainState
+
+
+def check_accumulation(batch_size: int, replicas: int, grad_accum_steps: int) -> None:
+    """Raises ValueError unless ``grad_accum_steps`` >= 1 divides the per-replica batch."""
+    k = grad_accum_steps
+    if k < 1:
+        raise ValueError(f"train.grad_accum_steps (--grad_accum_steps)={k} must be >= 1")
+    if batch_size % replicas or (batch_size // replicas) % k:
+        raise ValueError(
+            f"train.grad_accum_steps (--grad_accum_steps)={k} does not divide the per-replica "
+            f"batch: train.batch_size={batch_size} over {replicas} replica(s) is "
+            f"{batch_size / replicas:g} per replica")
+
+
+def _split(x, k):
+    """[n, ...] -> [k, n / k, ...], keeping the static dimensions static."""
+    dims = [d if d is not None else tf.shape(x)[j] for j, d in enumerate(x.shape)]
+    return tf.reshape(x, [k, dims[0] // k, *dims[1:]])
 
 
 class TrainSteps:
     """``loop(iterator, num_steps)`` runs up to num_steps train steps in one host call and
     returns the summed [loss, correct, examples]; it stops early when ``stop`` (a boolean
-    variable, set from a signal handler's thread) turns true between two steps."""
+    variable, set from a signal handler's thread) turns true between two steps.
+
+    ``grad_accum_steps`` k > 1 splits each replica's batch into k micro-batches whose gradients
+    are summed before the one optimizer update (the same update as the whole batch, BN aside);
+    ``grad_checkpointing`` recomputes each block's activations in the backward pass
+    (:class:`efficientnet_tf.recompute.CheckpointedForward`).
+
+    Raises:
+        ValueError: k < 1, or a per-replica batch not divisible by k (checked here when the
+            global ``batch_size`` is given, else when the first step is traced).
+    """
 
     def __init__(self, strategy: tf.distribute.Strategy, state: TrainState, *,
                  label_smoothing: float, weight_decay: float, jit: Optional[bool],
-                 stop: Optional[tf.Variable] = None, loss: Optional[losses.Loss] = None):
+                 stop: Optional[tf.Variable] = None, loss: Optional[losses.Loss] = None,
+                 grad_accum_steps: int = 1, grad_checkpointing: bool = False,
+                 batch_size: Optional[int] = None):
         self.strategy, self.state = strategy, state
         self.label_smoothing, self.weight_decay = label_smoothing, weight_decay
         self.loss = loss or losses.Loss(label_smoothing=label_smoothing)  # train/losses.py (#22)
         self.stop = stop
+        check_accumulation(batch_size or grad_accum_steps * strategy.num_replicas_in_sync,
+                           strategy.num_replicas_in_sync, grad_accum_steps)
+        self.grad_accum_steps = grad_accum_steps
+        # How the micro-batches run: a tf.while_loop (one copy of the step in the graph), or
+        # under the mirrored strategies a Python loop (k copies): there synchronized BN's
+        # cross-replica reduction inside a loop body is a merge_call they reject (found with
+        # --num_cpu_devices=2).
+        mirrored = isinstance(strategy, (tf.distribute.MirroredStrategy,
+                                         tf.distribute.MultiWorkerMirroredStrategy))
+        self.micro_batch_loop = "python" if mirrored else "while_loop"
+        self.forward = (recompute.CheckpointedForward(state.model) if grad_checkpointing
+                        else state.model)
         self.step = tf.function(self._step, jit_compile=jit)
         self.loop = tf.function(self._loop)
 
-    def _replica(self, images, labels):
+    def _per_example_loss(self, labels, logits):
+        """The training loss of each example (float32 logits; train/losses.py)."""
+        return self.loss.train(labels, logits)
+
+    def _regularization(self):
+        """weight_decay * sum(l2_loss(w)) over the decayed weights, / replicas (grads are
+        summed); None without weight decay."""
         state = self.state
-        model, optimizer, trainable = state.model, state.optimizer, state.model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = self.loss.train(labels, logits)
-            loss = tf.nn.compute_average_loss(per_example)  # / global batch
-            if self.weight_decay and state.decayed:
-                l2 = self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in state.decayed])
-                loss += tf.nn.scale_regularization_loss(l2)  # / replicas (grads are summed)
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, trainable)
-        optimizer.apply_gradients(zip(grads, trainable))
-        if state.ema is not None:
-            state.ema.apply(state.ema_vars)
+        if not (self.weight_decay and state.decayed):
+            return None
+        l2 = self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in state.decayed])
+        return tf.nn.scale_regularization_loss(l2)
+
+    def _metrics(self, labels, logits, per_example):
         correct = self.loss.train_correct(labels, logits)
         return tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(tf.cast(correct, tf.float32)),
                          tf.cast(tf.shape(logits)[0], tf.float32)])
+
+    def _replica(self, images, labels):
+        state = self.state
+        optimizer, trainable = state.optimizer, state.model.trainable_variables
+        if self.grad_accum_steps == 1:
+            with tf.GradientTape() as tape:
+                logits = tf.cast(self.forward(images, training=True), tf.float32)
+                per_example = self._per_example_loss(labels, logits)
+                loss = tf.nn.compute_average_loss(per_example)  # / global batch
+                regularization = self._regularization()
+                if regularization is not None:
+                    loss += regularization
+                scaled = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, trainable)
+            metrics = self._metrics(labels, logits, per_example)
+        else:
+            grads, metrics = self._accumulated_gradients(images, labels)
+        optimizer.apply_gradients(zip(grads, trainable))  # the step counter: once per update
+        if state.ema is not None:
+            state.ema.apply(state.ema_vars)
+        return metrics
+
+    def _accumulated_gradients(self, images, labels):
+        """The gradients of the whole replica batch's loss as the sum over k micro-batches,
+        one micro-batch's activations alive at a time, and the summed metrics."""
+        k, state = self.grad_accum_steps, self.state
+        optimizer, trainable = state.optimizer, state.model.trainable_variables
+        replicas = self.strategy.num_replicas_in_sync
+        if images.shape[0] is not None:  # static (drop_remainder, XLA): checked when traced
+            check_accumulation(images.shape[0] * replicas, replicas, k)
+        images, labels = _split(images, k), _split(labels, k)
+        # Each micro-batch's mean loss is over the global batch, so that the k gradients sum
+        # to the gradient of the large batch's mean (and the learning rate stays the batch's).
+        global_batch = tf.shape(images)[0] * tf.shape(images)[1] * replicas
+
+        def micro_step(i, sums, metrics):
+            with tf.GradientTape() as tape:
+                logits = tf.cast(self.forward(images[i], training=True), tf.float32)
+                per_example = self._per_example_loss(labels[i], logits)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+                scaled = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, trainable)
+            sums = [s if g is None else s + tf.convert_to_tensor(g) for s, g in zip(sums, grads)]
+            return i + 1, sums, metrics + self._metrics(labels[i], logits, per_example)
+
+        with tf.GradientTape() as tape:  # the L2 term once per update, not per micro-batch
+            regularization = self._regularization()
+            scaled = None if regularization is None else optimizer.scale_loss(regularization)
+        grads = tape.gradient(scaled, trainable) if scaled is not None else [None] * len(trainable)
+        carry = (tf.constant(0), [tf.zeros(v.shape, v.dtype) if g is None else
+                                  tf.convert_to_tensor(g) for v, g in zip(trainable, grads)],
+                 tf.zeros([3]))
+        if self.micro_batch_loop == "while_loop":
+            # parallel_iterations=1: the next micro-batch starts when this one's gradients
+            # exist, so one micro-batch's activations are alive at a time.
+            carry = tf.while_loop(lambda i, *_: i < k, micro_step, carry, parallel_iterations=1)
+        else:
+            for _ in range(k):
+                with tf.control_dependencies(carry[1]):  # after the previous backward
+                    carry = (tf.identity(carry[0]), *carry[1:])
+                carry = micro_step(*carry)
+        return carry[1], carry[2]
 
     def _step(self, images, labels):
         return self.strategy.reduce("SUM", self.strategy.run(self._replica, (images, labels)),
