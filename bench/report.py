@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from bench import common
@@ -211,14 +212,23 @@ def with_deploy_table(text: str) -> str:
 
 # Small memory (#22): docs/training.md's table from bench.grad_checkpointing.
 TRAINING_PAGE = os.path.join(common.REPO_ROOT, "docs", "training.md")
-MEMORY_START = "<!-- generated: python -m bench.report (bench/results/grad_checkpointing.json) -->"
+MEMORY_START = "<!-- generated: python -m bench.report (bench/results/grad_checkpointing*.json) -->"
 
 
 def memory_section() -> str:
-    """The "Small memory" table of docs/training.md (bench.grad_checkpointing)."""
-    result = _load("grad_checkpointing")
-    return (f"`{result['command']}`, load average {result['load_average_start'][0]:.1f}: "
-            + memory_table(dict(result, warning=None)))
+    """The "Small memory" tables of docs/training.md: one per bench.grad_checkpointing results
+    file (``grad_checkpointing.json``, then ``grad_checkpointing_<name>.json`` by name)."""
+    names = sorted(os.path.basename(p)[:-len(".json")] for p in os.listdir(common.RESULTS_DIR)
+                   if re.fullmatch(r"grad_checkpointing(_\w+)?\.json", os.path.basename(p)))
+    if not names:
+        _load("grad_checkpointing")  # raises, naming the command to run
+    tables = []
+    for name in names:
+        result = _load(name)
+        tables.append(f"`{result['command']}`, load average "
+                      f"{result['load_average_start'][0]:.1f}: "
+                      + memory_table(dict(result, warning=None)))
+    return "\n\n".join(tables)
 
 
 def with_memory_table(text: str) -> str:

@@ -19,6 +19,8 @@ RUNNABLE = ("python", "bash")
 # Fences that are shown, never run: listings and outputs.
 SHOWN = ("text", "yaml", "json", "console", "")
 NOT_RUN = re.compile(r"^<!-- not run: (.+\S) -->$")
+# A reason that points at an identical block run on another page (checked, so it cannot go stale).
+SAME_BLOCK = re.compile(r"the same block runs in (\S+\.md)")
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 
 
@@ -48,7 +50,7 @@ def blocks(page: pathlib.Path):
 def test_every_block_is_run_or_says_why_not():
     problems = []
     for page in PAGES:
-        for language, _, line, reason in blocks(page):
+        for language, code, line, reason in blocks(page):
             where = f"{page.relative_to(ROOT)}:{line}"
             if language not in RUNNABLE + SHOWN:
                 problems.append(f"{where}: fence language {language!r} is neither run "
@@ -56,7 +58,20 @@ def test_every_block_is_run_or_says_why_not():
             if reason and language not in RUNNABLE:
                 problems.append(f"{where}: a 'not run' mark on a {language or 'plain'} block, "
                                 "which is never run anyway")
+            same = SAME_BLOCK.search(reason or "")
+            if same and not any(other == (language, code) for other in _run_blocks(same.group(1))):
+                problems.append(f"{where}: says the same block runs in {same.group(1)}, "
+                                "which runs no identical block")
     assert not problems, "\n".join(problems)
+
+
+def _run_blocks(relative: str):
+    """(language, code) of the blocks ``relative`` (a page path) runs; none if it is no page."""
+    page = ROOT / relative
+    if page not in PAGES:
+        return []
+    return [(language, code) for language, code, _, reason in blocks(page)
+            if language in RUNNABLE and reason is None]
 
 
 def test_the_marker_parser_reads_pages_as_written(tmp_path):

@@ -3,7 +3,6 @@ update; gradient checkpointing (model.grad_checkpointing, efficientnet_tf/recomp
 plain forward's gradients and BN statistics; both run in a real trainer process."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -203,20 +202,9 @@ def test_checkpointed_forward_reads_the_blocks_from_the_spec():
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.integration
-def test_train_main_with_accumulation_and_checkpointing(digits_dir, tmp_path):
-    """A real trainer process: Lite0 at 16 px, batch 8 as 2 micro-batches, checkpointed."""
-    model_dir = str(tmp_path / "run")
-    proc = check_ok(run_main(
-        f"--model_dir={model_dir}", f"--data_dir={digits_dir}", f"--model_name={SMALL}",
-        "--image_size=16", "--train_batch_size=8", "--train_steps=3", "--mode=train",
-        "--grad_accum_steps=2", "--grad_checkpointing", "--config=runtime.steps_per_loop=3"))
-    config = read_json(model_dir, "config.json")
-    assert config["train"]["grad_accum_steps"] == 2 and config["model"]["grad_checkpointing"]
-    with open(os.path.join(model_dir, "config.yaml")) as f:
-        written = f.read()
-    assert "grad_accum_steps: 2" in written and "grad_checkpointing: true" in written
-    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-3"), proc.stdout[-2000:]
+# The one-replica trainer process with --grad_accum_steps and --grad_checkpointing runs together
+# with the large-batch flags: tests/test_train_optimizers.py
+# test_lars_run_with_clipping_layer_decay_accumulation_and_checkpointing.
 
 
 # Two logical CPUs trace the step once per replica and micro-batch (measured 5 min of wall

@@ -287,17 +287,21 @@ def test_flags_reach_the_config():
 
 
 @pytest.mark.integration
-def test_lars_run_with_clipping_and_layer_decay_records_them(digits_dir, tmp_path):
+def test_lars_run_with_clipping_layer_decay_accumulation_and_checkpointing(digits_dir, tmp_path):
+    """One real trainer process for the large-batch and small-memory flags together (Lite0 at
+    16 px, batch 8 as 2 micro-batches, blocks recomputed): it finishes and records them."""
     model_dir = str(tmp_path)
     proc = check_ok(run_main(
         f"--model_dir={model_dir}", f"--data_dir={digits_dir}", f"--model_name={SMALL}",
         "--mode=train", "--train_steps=3", "--train_batch_size=8", "--image_size=16",
         "--optimizer=lars", "--grad_clip_norm=1", "--layer_decay=0.8",
-        "--config=runtime.steps_per_loop=3"))
+        "--grad_accum_steps=2", "--grad_checkpointing", "--config=runtime.steps_per_loop=3"))
     with open(os.path.join(model_dir, "config.yaml")) as f:
-        train_cfg = yaml.safe_load(f)["train"]
-    assert (train_cfg["optimizer"], train_cfg["grad_clip_norm"], train_cfg["layer_decay"]) == (
-        "lars", 1.0, 0.8)
+        written = yaml.safe_load(f)
+    train_cfg = written["train"]
+    assert (train_cfg["optimizer"], train_cfg["grad_clip_norm"], train_cfg["layer_decay"],
+            train_cfg["grad_accum_steps"], written["model"]["grad_checkpointing"]) == (
+        "lars", 1.0, 0.8, 2, True)
     info = read_json(model_dir, "run_info.json")["optimizer"]
     assert info["name"] == "lars" and info["grad_clip_norm"] == 1.0
     assert info["layer_decay"] == pytest.approx(_stated_scales(0.8))
