@@ -289,6 +289,19 @@ def test_invalid_flags_fail_before_any_work(tmp_path, capsys, args, message):
     assert not model_dir.exists()
 
 
+@pytest.mark.integration
+def test_a_batch_the_replicas_cannot_split_is_a_clear_error(tmp_path):
+    """Found once the strategy says how many replicas there are (on GPUs, only then), before any
+    work: exit 2 with the message and the flag, no traceback, no model_dir."""
+    model_dir = tmp_path / "never_created"
+    proc = run_main(f"--model_dir={model_dir}", "--num_cpu_devices=2", "--train_batch_size=9",
+                    "--eval_batch_size=360", timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert ("error: train.batch_size=9 is not divisible by the 2 replicas of MirroredStrategy "
+            "(--train_batch_size sets train.batch_size)") in proc.stderr
+    assert "Traceback" not in proc.stderr and not model_dir.exists()
+
+
 def test_missing_imagenet_files_give_tfds_instructions(tmp_path, capsys):
     from absl import flags
 

@@ -21,6 +21,11 @@ KINDS = ("tpu", "gpu", "cpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # runtime.precision
 
 
+class ReplicaSplitError(ValueError):
+    """A batch the replicas (or the micro-batches of each replica) cannot split evenly: a
+    config error found once the strategy says how many replicas there are, before any work."""
+
+
 def tf_config() -> dict:
     """The parsed TF_CONFIG environment variable ({} when unset)."""
     text = os.environ.get("TF_CONFIG", "")

@@ -340,15 +340,16 @@ class Reporter:
 
 
 def _devices(cfg: config_lib.Config, strategy: tf.distribute.Strategy) -> Dict[str, object]:
-    """Checks the batch sizes against the replicas, seeds, sets the dtype policy; returns the
-    device facts of run_info.json."""
+    """Checks the batch sizes against the replicas (distribute.ReplicaSplitError), seeds, sets
+    the dtype policy; returns the device facts of run_info.json."""
     kind = distribute.device_kind(strategy)
     replicas = strategy.num_replicas_in_sync
     for name, batch in (("train.batch_size", cfg.train.batch_size),
                         ("eval.batch_size", cfg.eval.batch_size)):
         if batch % replicas:
-            raise ValueError(f"{name}={batch} is not divisible by the {replicas} replicas of "
-                             f"{distribute.strategy_name(strategy)}")
+            raise distribute.ReplicaSplitError(
+                f"{name}={batch} is not divisible by the {replicas} replicas of "
+                f"{distribute.strategy_name(strategy)}")
     # Micro-batches per replica (--grad_accum_steps): known here first on GPUs.
     steps_lib.check_accumulation(cfg.train.batch_size, replicas, cfg.train.grad_accum_steps)
     if cfg.runtime.seed is not None:

@@ -277,6 +277,9 @@ def main(argv):
         loop.run(cfg, mode=FLAGS.mode, model_dir=model_dir, tpu=FLAGS.tpu,
                  export_dir=FLAGS.export_dir, export_format=FLAGS.export_format,
                  num_cpu_devices=FLAGS.num_cpu_devices)
+    except distribute.ReplicaSplitError as err:  # batch vs the replicas the strategy found
+        print(f"error: {name_flags(str(err))}", file=sys.stderr)
+        return 2
     except (input_pipeline.ManualDownloadError,  # e.g. imagenet2012: TFDS's instructions
             lock.ModelDirInUseError) as err:  # another run trains in --model_dir
         print(f"error: {err}", file=sys.stderr)

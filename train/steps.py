@@ -19,17 +19,19 @@ import numpy as np
 import tensorflow as tf
 
 from efficientnet_tf import console, recompute
-from train import losses
+from train import distribute, losses
 from train.state import TrainState
 
 
 def check_accumulation(batch_size: int, replicas: int, grad_accum_steps: int) -> None:
-    """Raises ValueError unless ``grad_accum_steps`` >= 1 divides the per-replica batch."""
+    """Raises distribute.ReplicaSplitError (a ValueError) unless ``grad_accum_steps`` >= 1
+    divides the per-replica batch."""
     k = grad_accum_steps
     if k < 1:
-        raise ValueError(f"train.grad_accum_steps (--grad_accum_steps)={k} must be >= 1")
+        raise distribute.ReplicaSplitError(
+            f"train.grad_accum_steps (--grad_accum_steps)={k} must be >= 1")
     if batch_size % replicas or (batch_size // replicas) % k:
-        raise ValueError(
+        raise distribute.ReplicaSplitError(
             f"train.grad_accum_steps (--grad_accum_steps)={k} does not divide the per-replica "
             f"batch: train.batch_size={batch_size} over {replicas} replica(s) is "
             f"{batch_size / replicas:g} per replica")
@@ -62,7 +64,7 @@ class TrainSteps:
                  grad_accum_steps: int = 1, grad_checkpointing: bool = False,
                  batch_size: Optional[int] = None):
         self.strategy, self.state = strategy, state
-        self.label_smoothing, self.weight_decay = label_smoothing, weight_decay
+        self.weight_decay = weight_decay
         self.loss = loss or losses.Loss(label_smoothing=label_smoothing)  # train/losses.py (#22)
         self.stop = stop
         check_accumulation(batch_size or grad_accum_steps * strategy.num_replicas_in_sync,
