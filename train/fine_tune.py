@@ -109,7 +109,7 @@ class BackboneFreeze:
     trainable variables when traced: rebuild it whenever :meth:`apply` returns True."""
 
     def __init__(self, model: keras.Model, steps: int):
-        self.model, self.steps = model, steps
+        self.steps = steps
         self.layers = backbone_layers(model)
         self.trainable = [layer.trainable for layer in self.layers]
         self.frozen = False
